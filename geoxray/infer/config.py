@@ -1,0 +1,45 @@
+"""Typed configs of a model and of a decoding mode (what conf/model/*.yaml and
+conf/decode/*.yaml hold). OmegaConf checks every key against these at start."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    name: str = "random"  # the model's name in results and tables
+    engine: str = "random"  # random | constant | prior | vllm | openai
+    path: Optional[str] = None  # HF id or local dir; "tiny:qwen2vl" builds the test model
+    seed: int = 0
+    # vLLM (engine: vllm)
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    limit_mm_per_prompt: int = 5  # cross-map items carry 5 images
+    min_pixels: Optional[int] = None  # image pixel budget handed to the HF processor
+    max_pixels: Optional[int] = None
+    trust_remote_code: bool = False  # off unless a model config turns it on
+    tensor_parallel_size: int = 1
+    gpus_per_replica: float = 0.0  # 0 on CPU
+    cpus_per_replica: float = 1.0
+    num_replicas: int = 1
+    max_num_seqs: int = 64
+    max_in_flight: int = 64  # requests in flight per replica
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vLLM as is
+    # OpenAI-compatible API (engine: openai)
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None  # name of the env variable holding the key
+    concurrency: int = 8
+    # client side of any remote engine
+    request_timeout_s: float = 600.0
+    retries: int = 2
+
+
+@dataclass
+class DecodeConfig:
+    mode: str = "paper"  # paper: free text + authors' regexes; choice: constrained options
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int = 0
