@@ -9,7 +9,8 @@ ITEM_SCHEMA = pa.schema([
     ("task", pa.string()),           # geoxray.bench.tasks name, e.g. "pose_random"
     ("instance", pa.string()),       # source instance, e.g. "CVUSA_zoom18"
     ("split", pa.string()),          # "test" or "train"
-    ("base_id", pa.string()),        # the index record's image_id
+    ("base_id", pa.string()),        # the index record's image_id (not unique: see record)
+    ("record", pa.int32()),          # ordinal of the record in its index file
     ("location", pa.string()),       # instance + lat,lon: the bootstrap resampling unit
     ("crop", pa.string()),           # "none" or one of the 9 crop names (applies to aerials)
     ("image_paths", pa.list_(pa.string())),   # prompt order: AERIAL_0..n, then GROUND
@@ -33,6 +34,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("pred", pa.string()),           # parsed option (null when invalid)
     ("invalid_reason", pa.string()), # null when valid: no_answer_field, not_an_option,
                                      # missing_image, corrupt_image, engine_error, timeout, ...
+    ("error", pa.string()),          # detail of an engine/image error (never secrets)
     ("option_probs", pa.map_(pa.string(), pa.float64())),  # P(option), null if not scored
     ("prompt_tokens", pa.int64()),
     ("generated_tokens", pa.int64()),

@@ -1,0 +1,1 @@
+"""What GeoX-Bench is: the task table, prompts, the authors index format, schemas."""

@@ -1,0 +1,1 @@
+"""Running evaluations: one model (evaluate), many (sweep), results on disk (store)."""

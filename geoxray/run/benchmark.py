@@ -1,0 +1,92 @@
+"""`data` config -> a benchmark on disk: items.parquet and the image root its paths resolve in.
+
+Synthetic worlds are generated on first use into the cache; the authors' index is shipped;
+anything else is an items.parquet you built. Mistakes fail here, before Ray starts."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoxray.bench.index import BuildProblems, build_items, packaged_index_root, write_items
+from geoxray.config import Config, ConfigError, cache_dir
+
+
+@dataclass
+class Benchmark:
+    name: str
+    items_path: Path
+    image_root: Path | None
+    problems: dict[str, int]
+
+
+def _synthetic_root(cfg: Config) -> Path:
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    return cache_dir(cfg) / "bench" / f"synth-{cfg.data.preset}-seed{cfg.data.seed}"
+
+
+def _build_from_index(index_root: Path, image_root: Path | None, out: Path, name: str) -> Benchmark:
+    problems = BuildProblems()
+    table = build_items(index_root, image_root, problems)
+    write_items(table, out / "items.parquet")
+    report = {"items": table.num_rows, "skipped_records": problems.counts,
+              "examples": problems.examples}
+    (out / "build_report.json").write_text(json.dumps(report, indent=2))
+    return Benchmark(name, out / "items.parquet", image_root, problems.counts)
+
+
+def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = False) -> Benchmark:
+    data = cfg.data
+    if data.kind == "synthetic":
+        root = _synthetic_root(cfg)
+        done = root / "BUILD_OK"
+        if rebuild and root.exists():
+            shutil.rmtree(root)
+        if not done.exists():
+            from geoxray.data.synth import generate
+            tmp = root.with_name(root.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            generate(tmp, preset=data.preset, seed=data.seed, progress=cfg.run.progress)
+            _build_from_index(tmp / "index", tmp / "images", tmp, data.name)
+            (tmp / "BUILD_OK").write_text("ok\n")
+            shutil.rmtree(root, ignore_errors=True)
+            tmp.rename(root)
+        problems = json.loads((root / "build_report.json").read_text())["skipped_records"]
+        return Benchmark(data.name, root / "items.parquet", root / "images", problems)
+
+    if data.kind in ("geoxbench", "index"):
+        index_root = Path(data.index_root) if data.index_root else packaged_index_root()
+        if data.kind == "index" and not data.index_root:
+            raise ConfigError("config key 'data.index_root': required for data.kind=index")
+        image_root = _image_root(data.image_root, require_images)
+        out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
+        out.mkdir(parents=True, exist_ok=True)
+        return _build_from_index(index_root, image_root, out, data.name)
+
+    if data.kind == "items":
+        items = Path(str(data.items))
+        if not items.is_file():
+            raise ConfigError(f"config key 'data.items': no file {items}")
+        return Benchmark(data.name, items, _image_root(data.image_root, require_images), {})
+
+    if data.kind == "sources":
+        from geoxray.data.build import build_from_sources
+        out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
+        report = build_from_sources(data.sources, out)
+        return Benchmark(data.name, Path(report.items_path), Path(report.image_root),
+                         dict(getattr(report, "skipped", {}) or {}))
+    raise ConfigError(f"config key 'data.kind': {data.kind!r}")
+
+
+def _image_root(value: str | None, required: bool) -> Path | None:
+    if not value:
+        if required:
+            raise ConfigError("config key 'data.image_root': not set; point it at the folder "
+                              "the index file paths resolve in (or set GEOXBENCH_IMAGES)")
+        return None
+    root = Path(value)
+    if not root.is_dir():
+        raise ConfigError(f"config key 'data.image_root': {root} is not a directory")
+    return root

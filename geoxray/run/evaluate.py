@@ -1,0 +1,152 @@
+"""One model on one benchmark: items -> Ray Data -> engine -> predictions -> tables, report.
+
+    pending = items of the selected tasks whose prediction key is not on disk yet
+    Ray Data: read pending -> map_batches(PredictStage) -> driver writes one part per batch
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geoxray.bench.index import short_hash
+from geoxray.bench.prompts import get_prompt
+from geoxray.config import Config
+from geoxray.infer.config import DecodeConfig, ModelConfig
+from geoxray.run import store
+from geoxray.run.benchmark import Benchmark, prepare_benchmark
+from geoxray.run.raycluster import init_ray
+
+# Model settings that can change an answer (replica counts, timeouts etc. cannot).
+_MODEL_IDENTITY = ("name", "engine", "path", "seed", "dtype", "min_pixels", "max_pixels",
+                   "max_model_len", "engine_kwargs", "adapter")
+
+
+def model_fingerprint(model: ModelConfig) -> str:
+    return short_hash({k: getattr(model, k, None) for k in _MODEL_IDENTITY}, n=16)
+
+
+def decode_fingerprint(decode: DecodeConfig) -> str:
+    return short_hash(asdict(decode), n=16)
+
+
+def default_output_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}"
+
+
+@dataclass
+class Selection:
+    pending_path: Path | None
+    selected: int = 0
+    pending: int = 0
+    per_task: dict[str, int] = field(default_factory=dict)
+    gold_marginals: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
+    """Stream items.parquet once: choose the run's items, key them, keep those not done yet,
+    and write them to a pending file that Ray Data reads (the driver holds one batch)."""
+    done = store.done_keys(out_dir)
+    model_fp, decode_fp = model_fingerprint(cfg.model), decode_fingerprint(cfg.decode)
+    tasks = set(cfg.run.tasks) if cfg.run.tasks else None
+    splits = set(cfg.data.splits)
+    cap = cfg.run.max_items_per_task
+    per_task: Counter = Counter()
+    gold: dict[str, Counter] = defaultdict(Counter)
+    pending_path = out_dir / ".pending.parquet"
+    writer = None
+    selection = Selection(pending_path)
+    reader = pq.ParquetFile(bench.items_path)
+    for batch in reader.iter_batches(batch_size=8192):
+        rows = batch.to_pylist()
+        keep = []
+        for row in rows:
+            task = row["task"]
+            if (tasks and task not in tasks) or row["split"] not in splits:
+                continue
+            if cap is not None and per_task[task] >= cap:
+                continue
+            per_task[task] += 1
+            gold[task][row["answer"]] += 1
+            row["key"] = short_hash(row["item_id"], get_prompt(task).fingerprint, model_fp,
+                                    decode_fp)
+            if row["key"] not in done:
+                keep.append(row)
+        if keep:
+            table = pa.Table.from_pylist(keep)
+            if writer is None:
+                writer = pq.ParquetWriter(pending_path, table.schema)
+            writer.write_table(table)
+            selection.pending += len(keep)
+    if writer is not None:
+        writer.close()
+    else:
+        selection.pending_path = None
+    selection.selected = sum(per_task.values())
+    selection.per_task = dict(per_task)
+    selection.gold_marginals = {t: {o: n / sum(c.values()) for o, n in c.items()}
+                                for t, c in gold.items()}
+    return selection
+
+
+def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir: Path,
+                    engine_builder=None) -> int:
+    """Stream pending items through the engine; commit one part per batch. Returns rows written."""
+    if selection.pending_path is None:
+        return 0
+    import ray
+
+    from geoxray.infer import engine_builder as make_builder
+    from geoxray.infer.stage import PredictStage
+
+    builder = engine_builder or make_builder(cfg.model, cfg.decode, selection.gold_marginals)
+    ds = ray.data.read_parquet(str(selection.pending_path))
+    ds = ds.map_batches(
+        PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
+        concurrency=cfg.run.concurrency, num_cpus=0.5 if cfg.model.engine != "openai" else 0.1,
+        fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
+                                   model_name=cfg.model.name, decode_mode=cfg.decode.mode,
+                                   image_cache_size=cfg.run.image_cache_size))
+    written = 0
+    progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if batch.num_rows:
+            store.write_part(out_dir, batch)
+            written += batch.num_rows
+            progress.update(batch.num_rows)
+    progress.close()
+    return written
+
+
+def _progress(cfg: Config, total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="item", disable=not cfg.run.progress,
+                dynamic_ncols=True)
+
+
+def evaluate(cfg: Config, engine_builder=None) -> Path:
+    """Run (or resume) one evaluation; returns the output directory."""
+    from geoxray.run.manifest import write_manifest
+    from geoxray.score.report import write_report
+    from geoxray.score.tables import write_tables
+
+    started = time.time()
+    bench = prepare_benchmark(cfg)  # config and data mistakes fail here, before Ray
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    selection = select_pending(cfg, bench, out_dir)
+    init_ray(cfg.ray)
+    written = run_predictions(cfg, bench, selection, out_dir, engine_builder)
+    if selection.pending_path is not None:
+        selection.pending_path.unlink(missing_ok=True)
+    preds = store.read_predictions(out_dir).to_pandas()
+    manifest = write_manifest(out_dir, cfg, bench, selection, written, preds,
+                              wall_s=time.time() - started)
+    write_tables(preds, out_dir)
+    write_report(out_dir, preds=preds, manifest=manifest)
+    return out_dir
