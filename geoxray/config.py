@@ -35,7 +35,7 @@ class DataConfig:
 @dataclass
 class RunConfig:
     batch_size: int = 64  # items per engine call (crosses the Ray boundary once)
-    concurrency: int = 1  # Ray Data workers calling the engine
+    concurrency: int = 2  # Ray Data workers calling the engine
     tasks: Optional[list[str]] = None  # None = all 7
     max_items_per_task: Optional[int] = None  # quick runs: the first N of each task
     image_cache_size: int = 64
@@ -82,6 +82,11 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    from hydra.core.config_store import ConfigStore
+
+    # config.yaml lists `geoxray_schema` first: every group merges onto the typed schema, so
+    # an override of an unknown key or of a wrong type fails at compose, naming the key.
+    ConfigStore.instance().store(name="geoxray_schema", node=Config)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -26,3 +26,31 @@ def ray_cluster():
              object_store_memory=1_500_000_000, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def geoxray_cache(tmp_path_factory):
+    """One cache for the session: the synthetic world is generated once."""
+    path = tmp_path_factory.mktemp("geoxray-cache")
+    os.environ["GEOXRAY_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(geoxray_cache):
+    """The `tiny` synthetic benchmark (items.parquet + images), built once per session."""
+    from geoxray.config import load_config
+    from geoxray.run.benchmark import prepare_benchmark
+
+    cfg = load_config(["data=synth_tiny", f"cache_dir={geoxray_cache}", "run.progress=false"])
+    return prepare_benchmark(cfg)
+
+
+def eval_config(tmp_path, bench, *overrides):
+    """A config for `evaluate` on a prepared benchmark (items + images), quiet."""
+    from geoxray.config import load_config
+
+    return load_config(["data=items", f"data.items={bench.items_path}",
+                        f"data.image_root={bench.image_root}", "data.name=tiny",
+                        f"output_dir={tmp_path}", "run.progress=false", "run.bootstrap=200",
+                        *overrides])

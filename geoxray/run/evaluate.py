@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-import json
+import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -105,6 +105,11 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     from geoxray.infer.stage import PredictStage
 
     builder = engine_builder or make_builder(cfg.model, cfg.decode, selection.gold_marginals)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar counts committed items instead
+    ctx.print_on_execution_start = False
+    if cfg.run.progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = ray.data.read_parquet(str(selection.pending_path))
     ds = ds.map_batches(
         PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
