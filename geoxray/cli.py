@@ -52,18 +52,15 @@ def _cmd_report(args) -> int:
 
     from geoxray.run import store
     from geoxray.score.report import write_report
-    from geoxray.score.tables import write_tables
 
     out_dir = Path(args.dir)
     if not (out_dir / store.PREDICTIONS).is_dir():
         print(f"error: {out_dir} has no predictions/ folder", file=sys.stderr)
         return 2
-    preds = store.read_predictions(out_dir).to_pandas()
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    write_tables(preds, out_dir)
-    path = write_report(out_dir, preds=preds, manifest=manifest)
-    print(f"{len(preds)} predictions -> {path}")
+    path = write_report(out_dir, manifest=manifest)  # reads predictions/ alone
+    print(f"report rebuilt from {out_dir / store.PREDICTIONS} -> {path}")
     return 0
 
 

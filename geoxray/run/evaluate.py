@@ -138,7 +138,6 @@ def evaluate(cfg: Config, engine_builder=None) -> Path:
     """Run (or resume) one evaluation; returns the output directory."""
     from geoxray.run.manifest import write_manifest
     from geoxray.score.report import write_report
-    from geoxray.score.tables import write_tables
 
     started = time.time()
     bench = prepare_benchmark(cfg)  # config and data mistakes fail here, before Ray
@@ -152,6 +151,5 @@ def evaluate(cfg: Config, engine_builder=None) -> Path:
     preds = store.read_predictions(out_dir).to_pandas()
     manifest = write_manifest(out_dir, cfg, bench, selection, written, preds,
                               wall_s=time.time() - started)
-    write_tables(preds, out_dir)
-    write_report(out_dir, preds=preds, manifest=manifest)
+    write_report(out_dir, preds=preds, manifest=manifest, n_boot=cfg.run.bootstrap)
     return out_dir

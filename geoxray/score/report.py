@@ -1,0 +1,292 @@
+"""The run report: tables (CSV, Markdown), plots (PNG), `report.md` and a self-contained
+`report.html`, rebuilt from `out_dir/predictions/*.parquet` alone when no frame is given
+(what `geoxray report DIR` does). Unreadable parts are reported, never fatal."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geoxray.bench.schema import PREDICTION_SCHEMA
+from geoxray.bench.tasks import TASK_BY_NAME
+from geoxray.score.metrics import DEFAULT_N_BOOT, DEFAULT_SEED
+from geoxray.score.plots import write_plots
+from geoxray.score.tables import (ALL, Tables, format_cell, compute_tables, series_labels,
+                                  task_label, to_markdown, write_tables)
+
+
+# --- input -----------------------------------------------------------------------------------
+def prediction_files(out_dir: str | Path) -> list[Path]:
+    """Committed Parquet parts under out_dir/predictions (hidden and `_` files skipped: those
+    are in-progress writes)."""
+    folder = Path(out_dir) / "predictions"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*.parquet")
+                  if p.is_file() and not any(part.startswith((".", "_"))
+                                             for part in p.relative_to(folder).parts))
+
+
+# What scoring reads: the raw reply text (the bulk of a part) stays on disk.
+SCORE_COLUMNS = ("key", "model", "decode", "task", "instance", "location", "answer", "pred",
+                 "invalid_reason", "option_probs")
+
+
+def read_predictions(out_dir: str | Path, problems: list[str] | None = None,
+                     columns: tuple[str, ...] | None = SCORE_COLUMNS) -> pd.DataFrame:
+    """All prediction parts as one frame: `columns` (those a part has; None for all). A part
+    that cannot be read is skipped and described in `problems`; rows repeating a `key` are
+    dropped (first kept) and counted there too."""
+    problems = [] if problems is None else problems
+    parts = []
+    for path in prediction_files(out_dir):
+        try:
+            present = pq.ParquetFile(path).schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in present]
+            parts.append(pq.read_table(path, columns=wanted))
+        except Exception as exc:  # a torn or foreign file must not stop the report
+            problems.append(f"unreadable prediction part {path.name}: {type(exc).__name__}: "
+                            f"{exc}")
+    if not parts:
+        empty = PREDICTION_SCHEMA.empty_table()
+        if columns is not None:
+            empty = empty.select([c for c in columns if c in empty.schema.names])
+        return empty.to_pandas()
+    table = pa.concat_tables(parts, promote_options="permissive")
+    frame = table.to_pandas()
+    if "key" in frame.columns:
+        dup = frame["key"].notna() & frame.duplicated("key", keep="first")
+        if dup.any():
+            problems.append(f"{int(dup.sum())} prediction rows repeat a key; first kept")
+            frame = frame[~dup].reset_index(drop=True)
+    return frame
+
+
+def read_manifest(out_dir: str | Path, problems: list[str]) -> dict | None:
+    path = Path(out_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"manifest.json unreadable: {exc}")
+        return None
+    return manifest if isinstance(manifest, dict) else {"manifest": manifest}
+
+
+def _flatten(value: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Manifest as (dotted key, short text) rows; deep or long values are summarised."""
+    if isinstance(value, dict) and depth < 3:
+        rows = []
+        for k, v in value.items():
+            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+        return rows
+    if isinstance(value, (list, tuple)):
+        text = (", ".join(map(str, value)) if len(value) <= 8
+                and all(not isinstance(v, (dict, list)) for v in value)
+                else f"[{len(value)} entries]")
+    elif isinstance(value, dict):
+        text = f"{{{len(value)} keys}}"
+    else:
+        text = str(value)
+    return [(prefix, text if len(text) <= 160 else text[:157] + "...")]
+
+
+# --- content: sections of blocks, rendered to Markdown and to HTML -----------------------------
+@dataclass
+class Block:
+    kind: str  # "text" | "table" | "image" | "links"
+    text: str = ""
+    table: pd.DataFrame | None = None
+    path: Path | None = None
+    links: list[tuple[str, list[tuple[str, str]]]] | None = None  # label, [(text, href)]
+
+
+def _instance_pivots(tables: Tables) -> list[tuple[str, pd.DataFrame]]:
+    """Per series: accuracy with instances as rows and task numbers as columns."""
+    rows = tables.accuracy[tables.accuracy["instance"] != ALL].copy()
+    if rows.empty:
+        return []
+    rows["series"] = series_labels(rows)
+    out = []
+    for name, part in rows.groupby("series", sort=False):
+        pivot = part.pivot_table(index="instance", columns="task_number", values="accuracy",
+                                 aggfunc="first", dropna=False)
+        pivot.columns = [f"task {c}" for c in pivot.columns]
+        out.append((name, pivot.reset_index()))
+    return out
+
+
+def _labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """A table for reading: the task as "N. Title" (unknown tasks kept as they are)."""
+    out = table.drop(columns=["task_number"])
+    out["task"] = [task_label(t) if t in TASK_BY_NAME else t for t in out["task"]]
+    return out
+
+
+def _summary(preds: pd.DataFrame, tables: Tables) -> str:
+    totals = tables.accuracy[tables.accuracy["instance"] == ALL]
+    n, invalid = int(totals["n"].sum()), int(totals["invalid"].sum())
+    models = ", ".join(dict.fromkeys(series_labels(totals))) if len(totals) else "none"
+    share = f" ({invalid / n:.1%})" if n else ""
+    return (f"{len(preds)} predictions; {n} scored items over {totals['task'].nunique()} "
+            f"task(s); {invalid} invalid{share}. Models: {models}.")
+
+
+def build_sections(preds: pd.DataFrame, tables: Tables, manifest: dict | None,
+                   table_paths: dict[str, Path], plot_paths: dict[str, Path],
+                   problems: list[str]) -> list[tuple[str, list[Block]]]:
+    sections: list[tuple[str, list[Block]]] = []
+    if manifest:
+        info = pd.DataFrame(_flatten(manifest), columns=["key", "value"])
+        sections.append(("Run", [Block("table", table=info)]))
+    if problems:  # first after the run info, so nobody reads scores without seeing them
+        sections.append(("Problems", [Block("text", "\n".join(f"- {p}" for p in problems))]))
+    head = [Block("text", _summary(preds, tables))]
+    if not tables.leaderboard.get("accuracy", pd.DataFrame()).empty:
+        head += [Block("text", "Accuracy per task (task totals; invalid answers count as "
+                               "wrong):"),
+                 Block("table", table=tables.leaderboard["accuracy"].reset_index())]
+    sections.append(("Headline", head))
+    totals = _labelled(tables.accuracy[tables.accuracy["instance"] == ALL])
+    sections.append(("Accuracy per task, 95% CI", [
+        Block("text", "CI: percentile bootstrap resampling locations (see docs/metrics.md)."),
+        Block("table", table=totals[["model", "decode", "task", "n", "correct", "invalid",
+                                     "accuracy", "ci_low", "ci_high", "chance"]])]))
+    per_instance = [Block("text", "Accuracy by source instance; CIs in tables/accuracy.csv.")]
+    for name, pivot in _instance_pivots(tables):
+        per_instance += [Block("text", f"**{name}**"), Block("table", table=pivot)]
+    sections.append(("Accuracy per instance", per_instance))
+    bias = _labelled(tables.bias)
+    bias_blocks = [Block("text", "Over valid answers (`counts`) and, where option "
+                                 "probabilities were scored, over the expected distribution "
+                                 "(`expected`). p_mode near 1 and h_norm near 0 mean the "
+                                 "model keeps giving one answer.")]
+    for name in ("p_mode", "h_norm"):
+        pivot = tables.leaderboard.get(name, pd.DataFrame())
+        if not pivot.empty:
+            bias_blocks += [Block("text", f"{name} per task (answer counts):"),
+                            Block("table", table=pivot.reset_index())]
+    bias_blocks += [Block("text", "All figures:"), Block("table", table=bias)]
+    sections.append(("Choice bias", bias_blocks))
+    invalid = _labelled(tables.invalid)
+    sections.append(("Invalid answers by reason",
+                     [Block("table", table=invalid) if len(invalid)
+                      else Block("text", "No invalid answers.")]))
+    if plot_paths:
+        sections.append(("Plots", [Block("image", text=name, path=path)
+                                   for name, path in plot_paths.items()]))
+    stems = dict.fromkeys(Path(name).stem for name in table_paths)
+    sections.append(("Tables", [Block("links", links=[
+        (stem, [(Path(n).suffix[1:].upper(), f"tables/{n}") for n in table_paths
+                if Path(n).stem == stem]) for stem in stems])]))
+    return sections
+
+
+def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
+    out = [f"# {title}\n"]
+    for heading, blocks in sections:
+        out.append(f"## {heading}\n")
+        for b in blocks:
+            if b.kind == "text":
+                out.append(b.text + "\n")
+            elif b.kind == "table":
+                out.append(to_markdown(b.table))
+            elif b.kind == "image":
+                out.append(f"![{b.text}](plots/{b.path.name})\n")
+            elif b.kind == "links":
+                out.append("\n".join(f"- {label}: " + ", ".join(f"[{t}]({h})" for t, h in refs)
+                                      for label, refs in b.links) + "\n")
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border-bottom:1px solid #ddd;padding:3px 8px}th{background:#f3f3f3;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;margin:1em 0}
+h2{border-bottom:2px solid #444;padding-bottom:2px;margin-top:1.6em}"""
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = []
+    for row in table.itertuples(index=False):
+        cells = "".join(f'<td class="num">{html.escape(format_cell(v, 4))}</td>' if num
+                        else f"<td>{html.escape(format_cell(v, 4))}</td>"
+                        for v, num in zip(row, numeric))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html_text(text: str) -> str:
+    lines = text.split("\n")
+    if all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{html.escape(li[2:])}</li>" for li in lines) + "</ul>"
+    escaped = html.escape(text)
+    if escaped.startswith("**") and escaped.endswith("**"):
+        return f"<h3>{escaped[2:-2]}</h3>"
+    return f"<p>{escaped}</p>"
+
+
+def render_html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for heading, blocks in sections:
+        out.append(f"<h2>{html.escape(heading)}</h2>")
+        for b in blocks:
+            if b.kind == "text":
+                out.append(_html_text(b.text))
+            elif b.kind == "table":
+                out.append(_html_table(b.table))
+            elif b.kind == "image":  # embedded, so the HTML file stands alone
+                data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+                out.append(f'<figure><img alt="{html.escape(b.text)}" '
+                           f'src="data:image/png;base64,{data}"><figcaption>'
+                           f'<a href="plots/{html.escape(b.path.name)}">{html.escape(b.text)}'
+                           f"</a></figcaption></figure>")
+            elif b.kind == "links":
+                out.append("<ul>" + "".join(
+                    f"<li>{html.escape(label)}: " + ", ".join(
+                        f'<a href="{html.escape(h)}">{html.escape(t)}</a>' for t, h in refs)
+                    + "</li>" for label, refs in b.links) + "</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
+                 manifest: dict | None = None, *, n_boot: int = DEFAULT_N_BOOT,
+                 seed: int = DEFAULT_SEED, title: str = "geoxray report") -> Path:
+    """Write out_dir/tables/*, out_dir/plots/*.png, out_dir/report.html and out_dir/report.md
+    (returned). Without `preds`, reads out_dir/predictions/*.parquet; without `manifest`,
+    reads out_dir/manifest.json when present."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    if preds is None:
+        preds = read_predictions(out_dir, problems)
+    if manifest is None:
+        manifest = read_manifest(out_dir, problems)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = compute_tables(preds, n_boot=n_boot, seed=seed)
+    problems += [str(w.message) for w in caught]
+    table_paths = write_tables(preds, out_dir, tables=tables)
+    plot_paths = write_plots(tables, out_dir)
+    sections = build_sections(preds, tables, manifest, table_paths, plot_paths, problems)
+    (out_dir / "report.html").write_text(render_html(title, sections))
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(title, sections))
+    return report
+
+
+__all__ = ["SCORE_COLUMNS", "prediction_files", "read_predictions", "read_manifest", "write_report",
+           "render_markdown", "render_html", "build_sections"]
