@@ -79,7 +79,9 @@ def test_choice_mode_gives_option_probabilities(ray_cluster, tiny_bench, tmp_pat
     evaluate(eval_config(tmp_path, tiny_bench, "model=prior", "decode=choice",
                          "run.max_items_per_task=40"))
     preds = store.read_predictions(tmp_path).to_pandas()
-    assert len(preds) == 40 * len(TASKS)
+    per_task = Counter(pq.read_table(tiny_bench.items_path, columns=["task"]).column("task").to_pylist())
+    assert len(preds) == sum(min(40, per_task[t.name]) for t in TASKS)
+    assert set(preds.task) == {t.name for t in TASKS}
     assert preds.invalid_reason.isna().all()
     for probs in preds.option_probs:
         assert abs(sum(dict(probs).values()) - 1) < 1e-9
@@ -96,7 +98,8 @@ def _run_cli(out: Path, bench, *extra: str) -> subprocess.Popen:
 
 def test_killed_and_resumed_run_equals_uninterrupted(random_run, tiny_bench, tmp_path):
     out = tmp_path / "killed"
-    proc = _run_cli(out, tiny_bench)
+    slow = "+model.engine_kwargs.latency_s=0.01"  # ~6 s of engine time: a window to kill in
+    proc = _run_cli(out, tiny_bench, slow)
     deadline = time.time() + 240
     while time.time() < deadline and len(store.parts(out)) < 3 and proc.poll() is None:
         time.sleep(0.05)
@@ -105,14 +108,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(random_run, tiny_bench, tmp
     proc.wait()
     partial = store.read_predictions(out).to_pandas()
     assert 0 < len(partial) < pq.read_metadata(tiny_bench.items_path).num_rows
-    proc = _run_cli(out, tiny_bench)
+    proc = _run_cli(out, tiny_bench, slow)
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
     resumed = store.read_predictions(out).to_pandas()
     straight = store.read_predictions(random_run).to_pandas()
-    columns = ["key", "item_id", "task", "answer", "reply", "pred", "invalid_reason"]
-    assert resumed["key"].is_unique
-    a = resumed[columns].sort_values("key").reset_index(drop=True)
-    b = straight[columns].sort_values("key").reset_index(drop=True)
+    columns = ["item_id", "task", "answer", "reply", "pred", "invalid_reason"]
+    assert resumed["key"].is_unique and resumed["item_id"].is_unique
+    a = resumed[columns].sort_values("item_id").reset_index(drop=True)
+    b = straight[columns].sort_values("item_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
 
 

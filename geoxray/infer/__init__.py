@@ -17,7 +17,8 @@ def engine_builder(model: ModelConfig, decode: DecodeConfig,
     callable that builds the engine inside each Ray Data worker."""
     if model.engine in BASELINES:
         from geoxray.infer.baselines import BaselineEngine
-        return partial(BaselineEngine, model.engine, decode.mode, model.seed, gold_marginals or {})
+        return partial(BaselineEngine, model.engine, decode.mode, model.seed, gold_marginals or {},
+                       latency_s=float(model.engine_kwargs.get("latency_s", 0.0)))
     if model.engine == "vllm":
         from geoxray.infer.serve import ServeEngine, start_model_app
         app_name = start_model_app(model, decode)

@@ -4,6 +4,7 @@ Each answer is seeded by (seed, item_id), so results do not depend on batching o
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -21,11 +22,13 @@ def _item_rng(seed: int, item_id: str) -> np.random.Generator:
 @dataclass
 class BaselineEngine:
     """kind: `random` (uniform over options), `constant` (always the first option) or
-    `prior` (samples the gold marginal of the task, given as option -> share)."""
+    `prior` (samples the gold marginal of the task, given as option -> share).
+    `latency_s` simulates a model's cost per item (profiling, planning and kill tests)."""
     kind: str
     mode: str = "paper"
     seed: int = 0
     gold_marginals: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("random", "constant", "prior"):
@@ -44,6 +47,8 @@ class BaselineEngine:
         return np.full(k, 1.0 / k)
 
     def generate(self, requests: Sequence[Request]) -> list[Reply]:
+        if self.latency_s:
+            time.sleep(self.latency_s * len(requests))
         replies = []
         for request in requests:
             p = self._distribution(request)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ class Selection:
 
 def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     """Stream items.parquet once: choose the run's items, key them, keep those not done yet,
-    and write them to a pending file that Ray Data reads (the driver holds one batch)."""
+    and write them to pending files that Ray Data reads (the driver holds one chunk)."""
     done = store.done_keys(out_dir)
     model_fp, decode_fp = model_fingerprint(cfg.model), decode_fingerprint(cfg.decode)
     tasks = set(cfg.run.tasks) if cfg.run.tasks else None
@@ -58,14 +59,25 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     cap = cfg.run.max_items_per_task
     per_task: Counter = Counter()
     gold: dict[str, Counter] = defaultdict(Counter)
-    pending_path = out_dir / ".pending.parquet"
-    writer = None
-    selection = Selection(pending_path)
+    pending_dir = out_dir / ".pending"
+    shutil.rmtree(pending_dir, ignore_errors=True)
+    pending_dir.mkdir(parents=True)
+    selection = Selection(pending_dir)
     reader = pq.ParquetFile(bench.items_path)
+    # One pending file = one Ray Data block = one committed part: a few engine batches, so a
+    # kill loses little, and long runs of one image set (items are sorted by image set).
+    rows_per_file = 4 * cfg.run.batch_size
+    chunk: list[dict] = []
+
+    def flush() -> None:
+        if chunk:
+            n_files = len(list(pending_dir.iterdir()))
+            pq.write_table(pa.Table.from_pylist(chunk), pending_dir / f"{n_files:06d}.parquet")
+            selection.pending += len(chunk)
+            chunk.clear()
+
     for batch in reader.iter_batches(batch_size=8192):
-        rows = batch.to_pylist()
-        keep = []
-        for row in rows:
+        for row in batch.to_pylist():
             task = row["task"]
             if (tasks and task not in tasks) or row["split"] not in splits:
                 continue
@@ -76,16 +88,12 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
             row["key"] = short_hash(row["item_id"], get_prompt(task).fingerprint, model_fp,
                                     decode_fp)
             if row["key"] not in done:
-                keep.append(row)
-        if keep:
-            table = pa.Table.from_pylist(keep)
-            if writer is None:
-                writer = pq.ParquetWriter(pending_path, table.schema)
-            writer.write_table(table)
-            selection.pending += len(keep)
-    if writer is not None:
-        writer.close()
-    else:
+                chunk.append(row)
+                if len(chunk) >= rows_per_file:
+                    flush()
+    flush()
+    if not selection.pending:
+        shutil.rmtree(pending_dir)
         selection.pending_path = None
     selection.selected = sum(per_task.values())
     selection.per_task = dict(per_task)
@@ -110,7 +118,11 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     ctx.print_on_execution_start = False
     if cfg.run.progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ds = ray.data.read_parquet(str(selection.pending_path))
+    # A block per pending file, read inside the tasks (read_parquet would coalesce small files
+    # into one block, and the run would commit nothing until the end).
+    files = sorted(str(p) for p in selection.pending_path.glob("*.parquet"))
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ds.map_batches(_read_pending_file, batch_format="pyarrow", batch_size=1)
     ds = ds.map_batches(
         PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
         concurrency=cfg.run.concurrency, num_cpus=0.5 if cfg.model.engine != "openai" else 0.1,
@@ -126,6 +138,10 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
             progress.update(batch.num_rows)
     progress.close()
     return written
+
+
+def _read_pending_file(batch: pa.Table) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in batch.column("path").to_pylist()])
 
 
 def _progress(cfg: Config, total: int, desc: str):
@@ -147,7 +163,7 @@ def evaluate(cfg: Config, engine_builder=None) -> Path:
     init_ray(cfg.ray)
     written = run_predictions(cfg, bench, selection, out_dir, engine_builder)
     if selection.pending_path is not None:
-        selection.pending_path.unlink(missing_ok=True)
+        shutil.rmtree(selection.pending_path, ignore_errors=True)
     preds = store.read_predictions(out_dir).to_pandas()
     manifest = write_manifest(out_dir, cfg, bench, selection, written, preds,
                               wall_s=time.time() - started)
