@@ -173,15 +173,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _start_method(requested: str | None) -> str:
-    """fork when it is safe (a single-threaded parent on a platform that has it): fast, and it
-    works from any script, guarded or not. Otherwise spawn (a parent with threads, e.g. a Ray
-    driver, must not fork); spawn needs the caller's script to be importable."""
-    if requested:
-        return requested
-    import multiprocessing
-    import threading
-    fork_ok = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    return "fork" if fork_ok else "spawn"
+    """spawn unless asked otherwise: a parent that has run OpenCV (its worker threads are
+    invisible to threading.active_count()) or Ray must not fork — a forked child can deadlock
+    on a lock some thread held. spawn needs the caller's script to be importable (guarded)."""
+    return requested or "spawn"
 
 
 class _Progress(tqdm):
