@@ -29,7 +29,8 @@ class DataConfig:
     image_root: Optional[str] = None  # where index file paths resolve
     items: Optional[str] = None  # items: a prebuilt items.parquet
     splits: list[str] = field(default_factory=lambda: ["test"])
-    sources: dict[str, Any] = field(default_factory=dict)  # sources: per-dataset settings
+    sources: dict[str, Any] = field(default_factory=dict)  # sources: {name: {kind, root, ...}}
+    build: dict[str, Any] = field(default_factory=dict)  # sources: BuildConfig fields
 
 
 @dataclass

@@ -74,9 +74,14 @@ def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = 
     if data.kind == "sources":
         from geoxray.data.build import build_from_sources
         out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
-        report = build_from_sources(data.sources, out)
-        return Benchmark(data.name, Path(report.items_path), Path(report.image_root),
-                         dict(getattr(report, "skipped", {}) or {}))
+        if not data.sources:
+            raise ConfigError("config key 'data.sources': name at least one source dataset")
+        try:
+            report = build_from_sources(data.sources, out, **data.build)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'data.build' / 'data.sources': {exc}") from None
+        skipped = {k: v for k, v in report.item_problems.items()}
+        return Benchmark(data.name, Path(str(report.items_path)), Path(report.image_root), skipped)
     raise ConfigError(f"config key 'data.kind': {data.kind!r}")
 
 
