@@ -125,7 +125,7 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     ds = ds.map_batches(_read_pending_file, batch_format="pyarrow", batch_size=1)
     ds = ds.map_batches(
         PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
-        concurrency=cfg.run.concurrency, num_cpus=0.5 if cfg.model.engine != "openai" else 0.1,
+        compute=ray.data.ActorPoolStrategy(size=cfg.run.concurrency), num_cpus=0.5 if cfg.model.engine != "openai" else 0.1,
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
                                    image_cache_size=cfg.run.image_cache_size))
