@@ -5,6 +5,11 @@
     geoxray report DIR              rebuild tables and report from DIR/predictions alone
     geoxray serve [overrides]       start a model's Serve app and leave it up
     geoxray config [overrides]      print the composed config
+    geoxray sweep [sweep=smoke] [model=a,b decode=paper,choice]   many models, one leaderboard
+    geoxray submit [--address URL] -- eval|sweep [overrides]       run it as a Ray job
+    geoxray status|logs|stop JOB    follow a submitted job
+    geoxray profile model=...       throughput, tokens, stage times -> profile JSON
+    geoxray plan sweep=paper --gpus N   GPU-hours and wall time for a sweep
 """
 from __future__ import annotations
 
@@ -87,8 +92,31 @@ def _cmd_config(args) -> int:
     return 0
 
 
+# Subcommands whose module parses its own arguments: name -> (module, function).
+DELEGATED = {
+    "sweep": ("geoxray.run.sweep", "main"),
+    "submit": ("geoxray.run.submit", "main"),
+    "status": ("geoxray.run.submit", "status_main"),
+    "logs": ("geoxray.run.submit", "logs_main"),
+    "stop": ("geoxray.run.submit", "stop_main"),
+    "profile": ("geoxray.run.profile", "main"),
+    "plan": ("geoxray.run.plan", "main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     from geoxray.config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, function = DELEGATED[argv[0]]
+        try:
+            return getattr(importlib.import_module(module), function)(argv[1:])
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
 
     parser = argparse.ArgumentParser(prog="geoxray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

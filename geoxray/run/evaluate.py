@@ -122,10 +122,13 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     # into one block, and the run would commit nothing until the end).
     files = sorted(str(p) for p in selection.pending_path.glob("*.parquet"))
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    ds = ds.map_batches(_read_pending_file, batch_format="pyarrow", batch_size=1)
+    # Light CPU asks: on a 2-core node a Serve replica holds one CPU, and a read task asking
+    # for a whole one would wait forever behind it.
+    ds = ds.map_batches(_read_pending_file, batch_format="pyarrow", batch_size=1, num_cpus=0.1)
     ds = ds.map_batches(
         PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.run.concurrency), num_cpus=0.5 if cfg.model.engine != "openai" else 0.1,
+        compute=ray.data.ActorPoolStrategy(size=cfg.run.concurrency),
+        num_cpus=0.25 if cfg.model.engine in ("vllm", "openai") else 0.5,
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
                                    image_cache_size=cfg.run.image_cache_size))
