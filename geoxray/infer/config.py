@@ -32,6 +32,9 @@ class ModelConfig:
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None  # name of the env variable holding the key
     concurrency: int = 8
+    # how choice mode constrains an API model: structured_outputs (vLLM servers' guided
+    # choice), json_schema (OpenAI response_format with an enum of the options), none
+    openai_choice: str = "structured_outputs"
     # client side of any remote engine
     request_timeout_s: float = 600.0
     retries: int = 2
