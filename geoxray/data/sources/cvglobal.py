@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geoxray.data.sources.record import (ReadResult, SourceRecord, Tile, parse_gsv_name,
-                                         parse_month, valid_latlon)
+from geoxray.data.sources.record import ReadResult, SourceRecord, Tile, gsv_panoramas, parse_month
 from geoxray.data.tiles import metres_per_pixel
 
 SOURCE = "CVGlobal"
@@ -31,17 +30,7 @@ def read(root: str | Path, streetview_dir: str = "streetview2048", satellite_dir
     if not pano_dir.is_dir():
         result.reject(SOURCE, streetview_dir, "missing_metadata")
         return result
-    for pano in sorted(pano_dir.iterdir()):
-        if not pano.is_file():
-            continue
-        meta = parse_gsv_name(pano.name)
-        if meta is None or meta["suffix"]:
-            result.reject(SOURCE, pano.name, "unparseable_name")
-            continue
-        lat, lon = float(meta["lat"]), float(meta["lon"])
-        if not valid_latlon(lat, lon):
-            result.reject(SOURCE, pano.name, "bad_coordinates")
-            continue
+    for pano, meta, lat, lon in gsv_panoramas(pano_dir, result, SOURCE):
         stem = meta["stem"]
         sat = root / satellite_dir / pano.name
         if not sat.is_file():

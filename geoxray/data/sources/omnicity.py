@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geoxray.data.sources.record import (ReadResult, SourceRecord, Tile, parse_gsv_name,
-                                         parse_month, valid_latlon)
+from geoxray.data.sources.record import ReadResult, SourceRecord, Tile, gsv_panoramas, parse_month
 
 SOURCE = "OmniCity"
 PANO_DIR = "street-level/image-panorama"
@@ -33,17 +32,7 @@ def read(root: str | Path, views: tuple[int, ...] | list[int] = (1, 2, 3),
         if not pano_dir.is_dir():
             continue
         found_any = True
-        for pano in sorted(pano_dir.iterdir()):
-            if not pano.is_file():
-                continue
-            meta = parse_gsv_name(pano.name)
-            if meta is None or meta["suffix"]:
-                result.reject(SOURCE, pano.name, "unparseable_name")
-                continue
-            lat, lon = float(meta["lat"]), float(meta["lon"])
-            if not valid_latlon(lat, lon):
-                result.reject(SOURCE, pano.name, "bad_coordinates")
-                continue
+        for pano, meta, lat, lon in gsv_panoramas(pano_dir, result, SOURCE):
             stem, month = meta["stem"], parse_month(meta["date"])
             tiles = []
             for k in views:

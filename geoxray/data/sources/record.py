@@ -132,3 +132,20 @@ def parse_gsv_name(name: str) -> dict | None:
     d = m.groupdict()
     d["stem"] = name[: m.start("suffix")]
     return d
+
+
+def gsv_panoramas(pano_dir, result: "ReadResult", source: str):
+    """Yield (path, name fields, lat, lon) of each Google-Street-View-named panorama in a
+    folder (CVGlobal, OmniCity), rejecting unparseable names and bad coordinates in `result`."""
+    for pano in sorted(pano_dir.iterdir()):
+        if not pano.is_file():
+            continue
+        meta = parse_gsv_name(pano.name)
+        if meta is None or meta["suffix"]:
+            result.reject(source, pano.name, "unparseable_name")
+            continue
+        lat, lon = float(meta["lat"]), float(meta["lon"])
+        if not valid_latlon(lat, lon):
+            result.reject(source, pano.name, "bad_coordinates")
+            continue
+        yield pano, meta, lat, lon
