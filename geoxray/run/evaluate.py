@@ -68,11 +68,13 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     # kill loses little, and long runs of one image set (items are sorted by image set).
     rows_per_file = 4 * cfg.run.batch_size
     chunk: list[dict] = []
+    files_written = 0
 
     def flush() -> None:
+        nonlocal files_written
         if chunk:
-            n_files = len(list(pending_dir.iterdir()))
-            pq.write_table(pa.Table.from_pylist(chunk), pending_dir / f"{n_files:06d}.parquet")
+            pq.write_table(pa.Table.from_pylist(chunk), pending_dir / f"{files_written:06d}.parquet")
+            files_written += 1
             selection.pending += len(chunk)
             chunk.clear()
 
