@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +21,11 @@ from geoxray.bench.schema import ITEM_SCHEMA
 from geoxray.bench.tasks import INDEX_FOLDERS, TASKS, TaskSpec
 
 SPLITS = ("test", "train")
+# items.parquet is sorted by these columns; (split, image_set) first keeps the items that
+# share decoded images together, item_id last makes the order total (so deterministic).
+ITEM_ORDER = ("split", "image_set", "task", "crop", "item_id")
+ROW_GROUP_ROWS = 8192
+MAX_EXAMPLES = 20   # problem examples kept for the build report
 
 
 def packaged_index_root() -> Path:
@@ -28,13 +33,29 @@ def packaged_index_root() -> Path:
     return Path(str(resources.files("geoxray.bench") / "geoxbench" / "index"))
 
 
+# One encoder for every hash: json.dumps with options builds a new encoder per call (~30% of
+# a hash's cost; a 755,976-item build makes ~890k). Same settings, same text, same hashes.
+_HASH_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def short_hash(*parts: object, n: int = 32) -> str:
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    blob = _HASH_JSON.encode(parts)
     return hashlib.blake2b(blob.encode(), digest_size=n // 2).hexdigest()
 
 
 def file_hash(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexFileRef:
+    """An index file before it is read: where it is and what it holds. `position` is its
+    place in `list_index_files` order (problems are reported in that order)."""
+    folder: str
+    instance: str
+    split: str
+    path: Path
+    position: int = 0
 
 
 @dataclass
@@ -54,30 +75,59 @@ class BuildProblems:
 
     def add(self, reason: str, where: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        if len(self.examples) < 20:
+        if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{where}: {reason}")
+
+    def merge(self, other: "BuildProblems") -> None:
+        """Add another part's problems after this one's (examples keep that order)."""
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+        self.examples.extend(other.examples[: MAX_EXAMPLES - len(self.examples)])
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
 
-def read_index(index_root: Path, problems: BuildProblems | None = None) -> Iterator[IndexFile]:
-    """Every index file of the folders the tasks use, test split first, sorted by name."""
+def index_bytes(index_root: Path) -> int:
+    """Total size of the index files a build reads: a cheap proxy for its item count (the
+    authors' files hold ~80 bytes of JSON per item)."""
+    return sum(Path(ref.path).stat().st_size for ref in list_index_files(index_root))
+
+
+def list_index_files(index_root: Path) -> list[IndexFileRef]:
+    """Every index file of the folders the tasks use, test split first, sorted by name (no
+    file is opened: a driver can list a huge index and hand the files to workers)."""
     index_root = Path(index_root)
+    refs = []
     for split in SPLITS:
         base = index_root if split == "test" else index_root / split
         for folder in INDEX_FOLDERS:
             for path in sorted((base / folder).glob("*.json")):
-                try:
-                    records = json.loads(path.read_text())
-                    if not isinstance(records, list):
-                        raise ValueError("top level is not a list")
-                except (OSError, ValueError) as exc:
-                    if problems is not None:
-                        problems.add(f"unreadable_index_file: {exc.__class__.__name__}", str(path.name))
-                    continue
-                yield IndexFile(folder, _instance_name(path.stem), split, path, records)
+                refs.append(IndexFileRef(folder, _instance_name(path.stem), split, path, len(refs)))
+    return refs
+
+
+def load_index_file(ref: IndexFileRef, problems: BuildProblems | None = None) -> IndexFile | None:
+    """Parse one index file; an unreadable one is a counted problem and gives None."""
+    try:
+        records = json.loads(Path(ref.path).read_text())
+        if not isinstance(records, list):
+            raise ValueError("top level is not a list")
+    except (OSError, ValueError) as exc:
+        if problems is not None:
+            problems.add(f"unreadable_index_file: {exc.__class__.__name__}",
+                         str(Path(ref.path).name))
+        return None
+    return IndexFile(ref.folder, ref.instance, ref.split, Path(ref.path), records)
+
+
+def read_index(index_root: Path, problems: BuildProblems | None = None) -> Iterator[IndexFile]:
+    """Every readable index file of the folders the tasks use, in `list_index_files` order."""
+    for ref in list_index_files(index_root):
+        index_file = load_index_file(ref, problems)
+        if index_file is not None:
+            yield index_file
 
 
 def _instance_name(stem: str) -> str:
@@ -95,7 +145,7 @@ def _aerial_paths(task: TaskSpec, record: dict) -> list[str]:
 
 
 def record_items(task: TaskSpec, index_file: IndexFile, ordinal: int, record: dict,
-                 hash_of: "callable[[str], str]") -> list[dict]:
+                 hash_of: Callable[[str], str]) -> list[dict]:
     """The items of one record for one task (one per crop). Raises on a malformed record."""
     ground = record["GroundImage"]
     paths = _aerial_paths(task, record) + [str(ground["file_path"])]
@@ -118,13 +168,9 @@ def record_items(task: TaskSpec, index_file: IndexFile, ordinal: int, record: di
     return rows
 
 
-def build_items(index_root: Path | None = None, image_root: Path | None = None,
-                problems: BuildProblems | None = None) -> pa.Table:
-    """All items of an index root as an Arrow table sorted by image set (so a stream of
-    items visits each image set once). With an image root, image content hashes are filled
-    in; a missing image file leaves its hash "" (the run marks that item, not the build)."""
-    index_root = Path(index_root) if index_root else packaged_index_root()
-    problems = problems if problems is not None else BuildProblems()
+def image_hasher(image_root: Path | None) -> Callable[[str], str]:
+    """rel path -> content hash of `image_root/rel`, cached per path ("" without a root or
+    for a missing file: the run marks that item, not the build)."""
     cache: dict[str, str] = {}
 
     def hash_of(rel: str) -> str:
@@ -134,19 +180,49 @@ def build_items(index_root: Path | None = None, image_root: Path | None = None,
             path = Path(image_root) / rel
             cache[rel] = file_hash(path) if path.is_file() else ""
         return cache[rel]
+    return hash_of
 
-    files = list(read_index(index_root, problems))
+
+def file_item_rows(index_file: IndexFile, hash_of: Callable[[str], str],
+                   problems: BuildProblems) -> Iterator[dict]:
+    """The item rows of one index file: every record, for every task that reads its folder.
+    A malformed record is counted (once per task) and skipped."""
+    tasks = [t for t in TASKS if t.index_folder == index_file.folder]
+    for ordinal, record in enumerate(index_file.records):
+        for task in tasks:
+            try:
+                yield from record_items(task, index_file, ordinal, record, hash_of)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                problems.add(f"malformed_record: {exc.__class__.__name__}: {exc}"[:120],
+                             f"{index_file.path.name}#{ordinal} ({task.name})")
+
+
+def item_order(row: dict) -> tuple:
+    """The order of items.parquet: items sharing an image set are contiguous."""
+    return tuple(row[k] for k in ITEM_ORDER)
+
+
+def build_items(index_root: Path | None = None, image_root: Path | None = None,
+                problems: BuildProblems | None = None) -> pa.Table:
+    """All items of an index root as an Arrow table sorted by image set (so a stream of
+    items visits each image set once), built in memory (fine up to a few 100k items; see
+    `geoxray.bench.build_ray` for the streaming build). With an image root, image content
+    hashes are filled in; a missing image file leaves its hash ""."""
+    index_root = Path(index_root) if index_root else packaged_index_root()
+    problems = problems if problems is not None else BuildProblems()
+    hash_of = image_hasher(image_root)
     rows: list[dict] = []
-    for task in TASKS:
-        for index_file in (f for f in files if f.folder == task.index_folder):
-            for ordinal, record in enumerate(index_file.records):
-                try:
-                    rows.extend(record_items(task, index_file, ordinal, record, hash_of))
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    problems.add(f"malformed_record: {exc.__class__.__name__}: {exc}"[:120],
-                                 f"{index_file.path.name}#{ordinal} ({task.name})")
-    rows.sort(key=lambda r: (r["split"], r["image_set"], r["task"], r["crop"], r["item_id"]))
+    for index_file in read_index(index_root, problems):
+        rows.extend(file_item_rows(index_file, hash_of, problems))
+    rows.sort(key=item_order)
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+
+
+def items_writer(path: Path) -> pq.ParquetWriter:
+    """The one Parquet writer configuration of items.parquet (both builders use it, so the
+    same rows give the same bytes). Write it in `ROW_GROUP_ROWS` slices."""
+    return pq.ParquetWriter(path, ITEM_SCHEMA, compression="zstd", write_statistics=False,
+                            store_schema=True)
 
 
 def write_items(table: pa.Table, path: Path) -> Path:
@@ -154,8 +230,8 @@ def write_items(table: pa.Table, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=8192,
-                   write_statistics=False, store_schema=True)
+    with items_writer(tmp) as writer:
+        writer.write_table(table.cast(ITEM_SCHEMA), row_group_size=ROW_GROUP_ROWS)
     tmp.replace(path)
     return path
 

@@ -9,8 +9,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from geoxray.bench.index import BuildProblems, build_items, packaged_index_root, write_items
+from geoxray.bench.index import (BuildProblems, build_items, index_bytes, packaged_index_root,
+                                 write_items)
 from geoxray.config import Config, ConfigError, cache_dir
+
+# From this much index JSON on (~130-180k items at ~55-80 bytes of JSON per item), items are
+# built by the streaming Ray Data job (geoxray/bench/build_ray.py): the in-memory build's
+# process grows ~1.2 KB per item (~1 GB at 755,976), the Ray job's driver and workers stay
+# ~200 MB each. Below it, Ray's fixed cost (~7 s to start, ~7 s of worker start-up) is most
+# of the build (42,900 items: 13.5 s vs 1.6 s; benchmarks/results/build_scale.json).
+RAY_BUILD_MIN_INDEX_BYTES = 10_000_000
 
 
 @dataclass
@@ -27,14 +35,30 @@ def _synthetic_root(cfg: Config) -> Path:
     return cache_dir(cfg) / "bench" / f"synth-{cfg.data.preset}-seed{cfg.data.seed}"
 
 
-def _build_from_index(index_root: Path, image_root: Path | None, out: Path, name: str) -> Benchmark:
+def items_builder(index_root: Path) -> str:
+    """"ray" (streaming, bounded memory) for a large index, else "local" (in memory)."""
+    return "ray" if index_bytes(index_root) >= RAY_BUILD_MIN_INDEX_BYTES else "local"
+
+
+def _build_from_index(cfg: Config, index_root: Path, image_root: Path | None, out: Path,
+                      name: str) -> Benchmark:
     problems = BuildProblems()
-    table = build_items(index_root, image_root, problems)
-    write_items(table, out / "items.parquet")
-    report = {"items": table.num_rows, "skipped_records": problems.counts,
+    items_path = out / "items.parquet"
+    builder = items_builder(index_root)
+    if builder == "ray":
+        from geoxray.bench.build_ray import build_items_ray
+        from geoxray.run.raycluster import init_ray
+        init_ray(cfg.ray)  # a no-op when Ray is up already (a Ray job, a test session)
+        n_items = build_items_ray(index_root, image_root, items_path, problems,
+                                  progress=cfg.run.progress)
+    else:
+        table = build_items(index_root, image_root, problems)
+        write_items(table, items_path)
+        n_items = table.num_rows
+    report = {"items": n_items, "builder": builder, "skipped_records": problems.counts,
               "examples": problems.examples}
     (out / "build_report.json").write_text(json.dumps(report, indent=2))
-    return Benchmark(name, out / "items.parquet", image_root, problems.counts)
+    return Benchmark(name, items_path, image_root, problems.counts)
 
 
 def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = False) -> Benchmark:
@@ -49,7 +73,7 @@ def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = 
             tmp = root.with_name(root.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             generate(tmp, preset=data.preset, seed=data.seed, progress=cfg.run.progress)
-            _build_from_index(tmp / "index", tmp / "images", tmp, data.name)
+            _build_from_index(cfg, tmp / "index", tmp / "images", tmp, data.name)
             (tmp / "BUILD_OK").write_text("ok\n")
             shutil.rmtree(root, ignore_errors=True)
             tmp.rename(root)
@@ -63,7 +87,7 @@ def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = 
         image_root = _image_root(data.image_root, require_images)
         out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
         out.mkdir(parents=True, exist_ok=True)
-        return _build_from_index(index_root, image_root, out, data.name)
+        return _build_from_index(cfg, index_root, image_root, out, data.name)
 
     if data.kind == "items":
         items = Path(str(data.items))
