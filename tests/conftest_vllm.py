@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="geoxray-vllm-cache-"))
+# the tiny model is built under /tmp (content-addressed, so later sessions reuse it); set
+# before Ray starts so Serve replicas and the API server subprocess resolve the same folder
+os.environ.setdefault("GEOXRAY_CACHE", os.path.join(tempfile.gettempdir(), "geoxray-test-cache"))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 from geoxray.bench.tasks import TASKS  # noqa: E402
@@ -110,7 +113,7 @@ def openai_server(tiny_cfg, tmp_path_factory):
                                 stderr=subprocess.STDOUT, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900  # a loaded 2-core machine can take minutes
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM server exited:\n{log_path.read_text()[-3000:]}")

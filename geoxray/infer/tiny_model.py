@@ -100,6 +100,7 @@ def ensure_tiny_qwen2vl(cache_dir: str | os.PathLike | None = None, seed: int = 
         try:
             _build(spec, tmp)
             (tmp / DONE_MARKER).write_text(json.dumps(asdict(spec), indent=2))
+            os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache is readable by all
             try:
                 os.rename(tmp, final)  # atomic; fails if another process finished first
             except OSError:
