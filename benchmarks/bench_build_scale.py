@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import psutil
+from results_io import machine, save  # benchmarks/, the script's folder
 
 RESULTS = Path(__file__).parent / "results" / "build_scale.json"
 
@@ -252,14 +252,11 @@ def main() -> int:
             print("the authors' test index (42,900 items), for scale:")
             result["authors_test_index"] = compare(args, packaged_index_root(), None,
                                                    tmp / "small")
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "load_avg_1m_at_end": round(os.getloadavg()[0], 1)}
+    result["machine"] = machine()
     # the command, with --world's folder (a machine path) left out
     result["command"] = "python benchmarks/bench_build_scale.py" + (
         " --world DIR" if args.world else "")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(result, args.out)
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -40,11 +39,11 @@ for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TR
     os.environ.setdefault(key, value)
 
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from geoxray.infer.config import DecodeConfig, ModelConfig  # noqa: E402
 from geoxray.infer.engine import Request  # noqa: E402
+from results_io import machine, save  # noqa: E402  (benchmarks/, the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,15 +194,12 @@ def main() -> int:
         serve.shutdown()
         ray.shutdown()
 
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "load_avg_1m_at_end": round(os.getloadavg()[0], 1)}
+    result["machine"] = machine()
     result["command"] = " ".join(["python benchmarks/bench_serve.py",
                                   *(a for a in sys.argv[1:] if not a.startswith("/"))])
     print(json.dumps({k: result[k] for k in ("cache_effect", "serve_vs_in_process")},
                      indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(result, args.out)
     return 0
 
 
