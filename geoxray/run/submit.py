@@ -235,7 +235,25 @@ def main(argv: list[str] | None = None) -> int:
         follow_logs(job_id, args.address)
     status = wait_for(job_id, args.address, args.timeout)
     print(f"job {job_id}: {status}")
+    if status != "SUCCEEDED" and not args.follow:
+        _explain(job_id, args.address)
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _explain(job_id: str, address: str | None, lines: int = 60) -> None:
+    """Why a waited-for job did not succeed: Ray's message and the end of its log, on stderr
+    (so a CI log shows the cause without another call)."""
+    try:
+        c = client(address)
+        info = c.get_job_info(job_id)
+        if info.message:
+            print(f"message: {info.message}", file=sys.stderr)
+        tail = c.get_job_logs(job_id).splitlines()[-lines:]
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"(cannot read the job's logs: {exc})", file=sys.stderr)
+        return
+    print(f"--- last {len(tail)} lines of the job's log ---", file=sys.stderr)
+    print("\n".join(tail), file=sys.stderr)
 
 
 def _job_parser(prog: str, needs_job: bool = True) -> argparse.ArgumentParser:
