@@ -115,6 +115,12 @@ def validate(raw: DictConfig | dict) -> Config:
             _check_choice("run.tasks", name, tuple(TASK_BY_NAME))
     if cfg.model.engine in ("vllm", "openai") and not cfg.model.path:
         raise ConfigError(f"config key 'model.path': required for engine {cfg.model.engine}")
+    if cfg.model.random_weights:
+        from geoxray.infer.random_model import SHAPES
+        if cfg.model.engine != "vllm" or cfg.model.path not in SHAPES:
+            raise ConfigError(f"config key 'model.random_weights': needs engine vllm and a "
+                              f"model.path with known shapes ({', '.join(sorted(SHAPES))}); "
+                              f"got {cfg.model.engine} {cfg.model.path!r}")
     return cfg
 
 

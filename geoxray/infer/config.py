@@ -13,6 +13,9 @@ class ModelConfig:
     path: Optional[str] = None  # HF id or local dir; "tiny:qwen2vl" builds the test model
     seed: int = 0
     # vLLM (engine: vllm)
+    # the architecture of `path` with random weights, built offline (no download): a real
+    # model's compute for profiling and planning (geoxray/infer/random_model.py)
+    random_weights: bool = False
     dtype: str = "auto"
     max_model_len: int = 4096
     limit_mm_per_prompt: int = 5  # cross-map items carry 5 images

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 TINY_PREFIX = "tiny:"
 BUILD_FORMAT = 1  # bump when the builder changes what it writes
@@ -88,23 +89,29 @@ def ensure_tiny_qwen2vl(cache_dir: str | os.PathLike | None = None, seed: int = 
     """The folder of a tiny Qwen2-VL, building it (a few seconds, offline) on first use."""
     spec = spec or TinyQwen2VLSpec(seed=seed)
     root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "models"
-    final = root / f"tiny_qwen2vl-{spec.fingerprint()}"
-    if (final / DONE_MARKER).exists():
+    return build_cached(root / f"tiny_qwen2vl-{spec.fingerprint()}",
+                        lambda out: _build(spec, out), DONE_MARKER, asdict(spec))
+
+
+def build_cached(final: Path, build: Callable[[Path], None], marker: str, spec: dict) -> Path:
+    """`final`, made by `build(tmp)` in a temporary sibling folder renamed into place (with
+    `marker` holding `spec`) unless it exists: concurrent builders never see half a model."""
+    if (final / marker).exists():
         return final
     with _BUILD_LOCK:
-        if (final / DONE_MARKER).exists():
+        if (final / marker).exists():
             return final
-        root.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{uuid.uuid4().hex[:8]}-",
-                                    dir=root))
+                                    dir=final.parent))
         try:
-            _build(spec, tmp)
-            (tmp / DONE_MARKER).write_text(json.dumps(asdict(spec), indent=2))
+            build(tmp)
+            (tmp / marker).write_text(json.dumps(spec, indent=2))
             os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache is readable by all
             try:
                 os.rename(tmp, final)  # atomic; fails if another process finished first
             except OSError:
-                if not (final / DONE_MARKER).exists():
+                if not (final / marker).exists():
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,7 +140,7 @@ def _training_corpus() -> list[str]:
     return texts + answers + ["system user assistant"]
 
 
-def _build_tokenizer(vocab_size: int):
+def build_tokenizer(vocab_size: int = 1024):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -152,21 +159,28 @@ def _build_tokenizer(vocab_size: int):
     return hf_tok
 
 
-def _build_image_processor(spec: TinyQwen2VLSpec):
+def build_image_processor(out: Path, min_pixels: int, max_pixels: int) -> None:
+    """Save Qwen2-VL's image processor with this pixel budget into `out`, marked so that
+    AutoProcessor picks Qwen2VLProcessor (tokenizer + image processor together)."""
     try:  # transformers 5: the PIL backend needs no torchvision
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil as ImageProcessor)
     except ImportError:  # transformers 4: the slow processor is PIL/numpy based
         from transformers import Qwen2VLImageProcessor as ImageProcessor
-    return ImageProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, patch_size=14,
-                          temporal_patch_size=2, merge_size=2)
+    ImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
+                   temporal_patch_size=2, merge_size=2).save_pretrained(out)
+    pp = out / "preprocessor_config.json"
+    pre = json.loads(pp.read_text())
+    pre["processor_class"] = "Qwen2VLProcessor"
+    pre.setdefault("image_processor_type", "Qwen2VLImageProcessor")
+    pp.write_text(json.dumps(pre, indent=2))
 
 
 def _build(spec: TinyQwen2VLSpec, out: Path) -> None:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    tok = _build_tokenizer(spec.vocab_size)
+    tok = build_tokenizer(spec.vocab_size)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(
         vocab_size=((len(tok) + 63) // 64) * 64, hidden_size=spec.hidden_size,
@@ -192,11 +206,5 @@ def _build(spec: TinyQwen2VLSpec, out: Path) -> None:
     model = Qwen2VLForConditionalGeneration(cfg).to(getattr(torch, spec.dtype)).eval()
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    _build_image_processor(spec).save_pretrained(out)
+    build_image_processor(out, spec.min_pixels, spec.max_pixels)
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    # AutoProcessor must pick Qwen2VLProcessor (tokenizer + image processor together).
-    pp = out / "preprocessor_config.json"
-    pre = json.loads(pp.read_text())
-    pre["processor_class"] = "Qwen2VLProcessor"
-    pre.setdefault("image_processor_type", "Qwen2VLImageProcessor")
-    pp.write_text(json.dumps(pre, indent=2))

@@ -50,8 +50,14 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
         mm_kwargs["min_pixels"] = model.min_pixels
     if model.max_pixels is not None:
         mm_kwargs["max_pixels"] = model.max_pixels
+    if model.random_weights:  # the real shapes, weights drawn by vLLM's dummy loader
+        from geoxray.infer.random_model import ensure_random_model
+        path = str(ensure_random_model(model.path, model.min_pixels, model.max_pixels))
+        extra.setdefault("load_format", "dummy")
+    else:
+        path = resolve_model_path(model.path, model.seed)
     args: dict[str, Any] = dict(
-        model=resolve_model_path(model.path, model.seed), dtype=model.dtype,
+        model=path, dtype=model.dtype,
         max_model_len=model.max_model_len, limit_mm_per_prompt={"image": model.limit_mm_per_prompt},
         mm_processor_kwargs=mm_kwargs or None, trust_remote_code=model.trust_remote_code,
         tensor_parallel_size=model.tensor_parallel_size, max_num_seqs=model.max_num_seqs,

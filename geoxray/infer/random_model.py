@@ -1,0 +1,105 @@
+"""Full-size models with random weights, built offline: the compute of a real model without its
+download, for profiling and capacity planning (`model.random_weights=true`).
+
+The folder holds the architecture's real shapes (config.json: layers, widths, heads, vocabulary,
+vision tower) with no weights; vLLM fills them at random (`load_format="dummy"`), so a forward
+pass costs what the real model's does. Image tokens per image follow the model's pixel budget
+exactly, as with the real processor. The tokenizer is the tiny model's (trained here on the
+benchmark's prompts): text prompts come out shorter than with the real tokenizer, which shifts
+prompt token counts by a few dozen per item against several hundred image tokens. Replies are
+random, so paper mode runs to `max_tokens`: profile it with the paper's 512.
+
+Shapes are written down below for the architectures vLLM and transformers support natively
+(Qwen2-VL, Qwen2.5-VL); they are the published config.json values of each checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from geoxray.infer.tiny_model import (CHAT_TEMPLATE, SPECIAL_TOKENS, build_cached,
+                                      build_image_processor, build_tokenizer, default_cache_root)
+
+BUILD_FORMAT = 1
+DONE_MARKER = "geoxray_random_build.json"
+
+_QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")
+_QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                          hidden_act="silu", window_size=112, tokens_per_second=2,
+                          fullatt_block_indexes=[7, 15, 23, 31])
+
+# HF id -> (architecture, text shapes, vision shapes). The vision tower's output width is the
+# text hidden size.
+SHAPES: dict[str, tuple[str, dict, dict]] = {
+    "Qwen/Qwen2-VL-2B-Instruct": ("qwen2_vl", dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        mrope_section=[16, 24, 24]), _QWEN2_VL_VISION),
+    "Qwen/Qwen2-VL-7B-Instruct": ("qwen2_vl", dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+        mrope_section=[16, 24, 24]), _QWEN2_VL_VISION),
+    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", dict(
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
+    "Qwen/Qwen2.5-VL-72B-Instruct": ("qwen2_5_vl", dict(
+        hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False,
+        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
+}
+
+
+def model_config(path: str):
+    """The transformers config of a known checkpoint's shapes, token ids from our tokenizer."""
+    if path not in SHAPES:
+        raise ValueError(f"config key 'model.random_weights': no shapes known for model.path "
+                         f"{path!r}; known: {', '.join(sorted(SHAPES))}")
+    arch, text, vision = SHAPES[path]
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(text)
+    mrope = text.pop("mrope_section")
+    text.update(max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"], hidden_act="silu",
+                rope_scaling={"type": "mrope", "rope_type": "default", "mrope_section": mrope})
+    common = dict(in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig as Config
+        vision = dict(vision, hidden_size=text["hidden_size"], **common)
+    else:
+        from transformers import Qwen2_5_VLConfig as Config
+        vision = dict(vision, out_hidden_size=text["hidden_size"], **common)
+    cfg = Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                 video_token_id=ids["<|video_pad|>"],
+                 vision_start_token_id=ids["<|vision_start|>"],
+                 vision_end_token_id=ids["<|vision_end|>"], **text)
+    cfg.dtype = "bfloat16"
+    return cfg, tok
+
+
+def ensure_random_model(path: str, min_pixels: int | None, max_pixels: int | None,
+                        cache_dir: str | Path | None = None) -> Path:
+    """The folder (config, tokenizer, processor; no weights) of `path`'s architecture."""
+    if path not in SHAPES:
+        model_config(path)  # raises, naming the key and the known paths
+    spec = {"format": BUILD_FORMAT, "path": path, "min_pixels": min_pixels,
+            "max_pixels": max_pixels}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "models"
+    slug = path.rsplit("/", 1)[-1].lower()
+
+    def build(out: Path) -> None:
+        cfg, tok = model_config(path)
+        cfg.save_pretrained(out)
+        tok.save_pretrained(out)
+        build_image_processor(out, min_pixels or 56 * 56, max_pixels or 28 * 28 * 1280)
+        (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+
+    return build_cached(root / f"random-{slug}-{digest}", build, DONE_MARKER, spec)

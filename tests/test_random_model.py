@@ -1,0 +1,61 @@
+"""Full-size random-weight models: the shapes give the published parameter counts of each
+checkpoint (counted on PyTorch's meta device: no memory), the folder is what vLLM's dummy
+loader needs, and config mistakes fail at start."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from geoxray.config import ConfigError, load_config
+from geoxray.infer.random_model import SHAPES, ensure_random_model, model_config
+
+# Sizes on the checkpoints' Hugging Face pages (safetensors parameter counts).
+PUBLISHED_PARAMS = {
+    "Qwen/Qwen2-VL-2B-Instruct": 2.21e9,
+    "Qwen/Qwen2-VL-7B-Instruct": 8.29e9,
+    "Qwen/Qwen2.5-VL-3B-Instruct": 3.75e9,
+    "Qwen/Qwen2.5-VL-7B-Instruct": 8.29e9,
+    "Qwen/Qwen2.5-VL-72B-Instruct": 73.4e9,
+}
+
+
+@pytest.mark.parametrize("path", sorted(SHAPES))
+def test_shapes_give_the_published_parameter_count(path):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    cfg, _ = model_config(path)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == pytest.approx(PUBLISHED_PARAMS[path], rel=0.003), f"{n:,}"
+
+
+def test_folder_holds_what_the_dummy_loader_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOXRAY_CACHE", str(tmp_path))
+    cfg = load_config(["model=qwen2_vl_7b", "model.random_weights=true"])
+    from geoxray.infer.vllm_engine import engine_args
+    args = engine_args(cfg.model)
+    assert args["load_format"] == "dummy"
+    folder = tmp_path / "models"
+    (built,) = folder.iterdir()
+    assert args["model"] == str(built) and built.name.startswith("random-qwen2-vl-7b-instruct-")
+    config = json.loads((built / "config.json").read_text())
+    assert config["model_type"] == "qwen2_vl"
+    assert not list(built.glob("*.safetensors"))  # no weights: vLLM draws them
+    processor = json.loads((built / "preprocessor_config.json").read_text())
+    assert (processor.get("min_pixels") or processor["size"]["shortest_edge"]) == \
+        cfg.model.min_pixels
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(built)
+    assert tok.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"]
+    # the same settings find the same folder
+    assert ensure_random_model(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels) == built
+
+
+def test_unknown_shapes_fail_at_start_naming_the_key():
+    with pytest.raises(ConfigError, match="model.random_weights"):
+        load_config(["model=internvl2_8b", "model.random_weights=true"])
+    with pytest.raises(ConfigError, match="model.random_weights"):
+        load_config(["model=random", "model.random_weights=true"])
