@@ -43,6 +43,7 @@ def test_folder_holds_what_the_dummy_loader_needs(tmp_path, monkeypatch):
     assert args["model"] == str(built) and built.name.startswith("random-qwen2-vl-7b-instruct-")
     config = json.loads((built / "config.json").read_text())
     assert config["model_type"] == "qwen2_vl"
+    assert config["architectures"] == ["Qwen2VLForConditionalGeneration"]  # vLLM: generates
     assert not list(built.glob("*.safetensors"))  # no weights: vLLM draws them
     processor = json.loads((built / "preprocessor_config.json").read_text())
     assert (processor.get("min_pixels") or processor["size"]["shortest_edge"]) == \

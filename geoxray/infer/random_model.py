@@ -21,13 +21,16 @@ from pathlib import Path
 from geoxray.infer.tiny_model import (CHAT_TEMPLATE, SPECIAL_TOKENS, build_cached,
                                       build_image_processor, build_tokenizer, default_cache_root)
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 DONE_MARKER = "geoxray_random_build.json"
 
 _QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")
 _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                           hidden_act="silu", window_size=112, tokens_per_second=2,
                           fullatt_block_indexes=[7, 15, 23, 31])
+
+ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+                 "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 # HF id -> (architecture, text shapes, vision shapes). The vision tower's output width is the
 # text hidden size.
@@ -81,6 +84,8 @@ def model_config(path: str):
                  vision_start_token_id=ids["<|vision_start|>"],
                  vision_end_token_id=ids["<|vision_end|>"], **text)
     cfg.dtype = "bfloat16"
+    # what vLLM reads to pick the generating model class (without it: a pooling model)
+    cfg.architectures = [ARCHITECTURES[arch]]
     return cfg, tok
 
 
