@@ -15,7 +15,7 @@ from PIL import Image
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import TASKS, get_task
 from geoxray.score import metrics
-from geoxray.score.plots import task_pairs
+from geoxray.score.plots import empty_panel_note, task_pairs
 from geoxray.score.report import read_predictions, write_report
 from geoxray.score.tables import (ACCURACY_COLUMNS, ALL, BIAS_COLUMNS, INVALID_COLUMNS,
                                   SHARE_COLUMNS, accuracy_table, bias_table, compute_tables,
@@ -278,3 +278,11 @@ def test_nan_nulls_score_like_none():
     a = compute_tables(df, n_boot=50).accuracy
     b = compute_tables(nan_df, n_boot=50).accuracy
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_an_all_invalid_task_panel_says_why_it_is_empty():
+    frame = make_predictions("m", "uniform", invalid_rate=0.0)
+    frame.loc[frame.task == TASKS[0].name, ["pred", "invalid_reason"]] = [None, "no_answer_field"]
+    shares = compute_tables(frame, n_boot=N_BOOT).option_shares
+    assert "no valid answers" in empty_panel_note(shares[shares.task == TASKS[0].name])
+    assert empty_panel_note(shares[shares.task == TASKS[1].name]) is None

@@ -138,6 +138,11 @@ def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
                 linewidth=2, zorder=3)
         handles["uniform (1/K)"] = ax.axhline(1.0 / spec.K, color="grey", linestyle=":",
                                               linewidth=1)
+        note = empty_panel_note(part)
+        if note:  # say why a panel is empty rather than leave it blank
+            ax.text(0.5, 0.75, note, transform=ax.transAxes, ha="center", va="center",
+                    fontsize=9, color="dimgray",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
         ax.set_xticks(x, [o.replace("_", "\n") for o in spec.options],
                       fontsize=7 if spec.K > 4 else 9)
         ax.set_ylim(0, 1)
@@ -154,6 +159,14 @@ def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
     fig.legend([handles[k] for k in order], order, loc="center left",
                bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
     return _save(fig, path)
+
+
+def empty_panel_note(part: pd.DataFrame) -> str | None:
+    """A task's option-share rows -> the note its panel shows when no series has a valid
+    answer to draw (e.g. a model whose every reply failed to parse), else None."""
+    if part.empty or part["n_valid"].fillna(0).max() > 0:
+        return None
+    return "no valid answers\n(see the invalid table)"
 
 
 def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path) -> Path | None:
