@@ -121,6 +121,9 @@ def validate(raw: DictConfig | dict) -> Config:
             raise ConfigError(f"config key 'model.random_weights': needs engine vllm and a "
                               f"model.path with known shapes ({', '.join(sorted(SHAPES))}); "
                               f"got {cfg.model.engine} {cfg.model.path!r}")
+        from geoxray.infer.random_model import NAME_SUFFIX
+        if not cfg.model.name.endswith(NAME_SUFFIX):
+            cfg.model.name += NAME_SUFFIX
     return cfg
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="geoxray-vllm-cache-"))
-# the tiny model is built under /tmp (content-addressed, so later sessions reuse it); set
-# before Ray starts so Serve replicas and the API server subprocess resolve the same folder
+# the tiny model is built under /tmp (content-addressed, so later sessions reuse it). The
+# `geoxray_cache` fixture later points GEOXRAY_CACHE at the session's cache; processes started
+# after that build the model there once more (seconds): same spec, same folder name, same model.
 os.environ.setdefault("GEOXRAY_CACHE", os.path.join(tempfile.gettempdir(), "geoxray-test-cache"))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 

@@ -122,3 +122,13 @@ def test_full_preset_config():
 
     cfg = load_config(["data=synth_full"])
     assert (cfg.data.name, cfg.data.kind, cfg.data.preset) == ("synth_full", "synthetic", "full")
+
+
+def test_ray_build_fails_when_a_node_cannot_see_the_images(ray_cluster, tiny_bench, tmp_path):
+    """A worker that cannot see the image root (no shared filesystem) fails the build rather
+    than writing a benchmark with empty image hashes that would be cached as complete."""
+    import pytest
+    root = tiny_bench.items_path.parent
+    with pytest.raises(Exception, match="filesystem every node shares"):
+        build_items_ray(root / "index", tmp_path / "not-here", tmp_path / "ray.parquet")
+    assert not (tmp_path / "ray.parquet").exists()

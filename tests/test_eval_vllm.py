@@ -72,7 +72,9 @@ def test_paper_mode_through_serve_counts_invalid_replies(serve_app, tiny_bench, 
     # parse every reply again here: the stored answer and reason follow the authors' parser
     reparsed = [parse_reply(get_task(t), reply, "paper") for t, reply in zip(preds.task,
                                                                            preds.reply)]
-    assert [p for p, _ in reparsed] == [None if pd.isna(p) else p for p in preds.pred]
+    stored = [(None if pd.isna(p) else p, None if pd.isna(r) else r)
+              for p, r in zip(preds.pred, preds.invalid_reason)]
+    assert reparsed == stored
     n_invalid = sum(p is None for p, _ in reparsed)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["counts"]["predictions"] == len(preds)

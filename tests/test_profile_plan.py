@@ -114,7 +114,8 @@ def test_unprofiled_models_are_estimated_and_say_so(profiles, tmp_path):
     assert "estimate" in table["qwen2_vl_7b"].source
 
 
-PROFILE_FIELDS = {"geoxray_profile", "created", "model", "engine", "path", "params_b", "device",
+PROFILE_FIELDS = {"geoxray_profile", "created", "model", "random_weights", "engine", "path",
+                  "params_b", "device",
                   "model_config", "run", "data", "engine_startup_s", "modes"}
 MODE_FIELDS = {"per_item_s", "items_per_s", "items_per_s_per_replica", "stage_s_per_item",
                "prompt_tokens_per_item", "generated_tokens_per_item",

@@ -60,3 +60,16 @@ def test_unknown_shapes_fail_at_start_naming_the_key():
         load_config(["model=internvl2_8b", "model.random_weights=true"])
     with pytest.raises(ConfigError, match="model.random_weights"):
         load_config(["model=random", "model.random_weights=true"])
+
+
+def test_random_weights_results_never_pass_for_the_real_model():
+    from geoxray.run.evaluate import default_output_dir, model_fingerprint
+    real = load_config(["model=qwen2_vl_7b"])
+    fake = load_config(["model=qwen2_vl_7b", "model.random_weights=true"])
+    assert fake.model.name == "qwen2_vl_7b+random" and real.model.name == "qwen2_vl_7b"
+    assert model_fingerprint(fake.model) != model_fingerprint(real.model)
+    assert default_output_dir(fake) != default_output_dir(real)
+    # validating again (a sweep re-composes points) does not stack suffixes
+    again = load_config(["model=qwen2_vl_7b", "model.random_weights=true",
+                         "model.name=qwen2_vl_7b+random"])
+    assert again.model.name == "qwen2_vl_7b+random"

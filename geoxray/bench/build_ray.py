@@ -47,11 +47,16 @@ SHUFFLE = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 # block, so small blocks keep every sort task, and the driver's one block in hand, small.
 BLOCK_BYTES = 16 * 2**20
 REPORT_SPLIT = ""  # no item has it; sorts before "test" and "train"
+# A worker that cannot see what the driver listed fails the build (rather than building a
+# partial benchmark that would be cached as complete).
+_NOT_SHARED = ("{what} {path} is missing on this Ray node: the Ray build needs the index and "
+               "images on a filesystem every node shares")
 
 
 def plan_tasks(refs: list[IndexFileRef], n_tasks: int) -> list[list[IndexFileRef]]:
-    """Index files -> groups of about equal bytes (one Ray task each), an instance's files
-    together (they name the same images) and at least MIN_TASK_BYTES a group."""
+    """Index files -> groups of about equal bytes (one Ray task each, at least MIN_TASK_BYTES),
+    cut from the files in (split, instance) order, so an instance's files (they name the same
+    images, hashed once per task) mostly share a task."""
     refs = sorted(refs, key=lambda r: (r.split, r.instance, r.position))
     total = sum(Path(r.path).stat().st_size for r in refs)
     target = max(MIN_TASK_BYTES, total / max(1, n_tasks))
@@ -77,11 +82,15 @@ def _expand_files(batch: pa.Table, image_root: str | None,
                   rows_per_chunk: int) -> Iterator[pa.Table]:
     """Ray Data UDF: a group of index files (one row, JSON refs) -> their item rows, and one
     report row per file."""
+    if image_root and not Path(image_root).is_dir():
+        raise FileNotFoundError(_NOT_SHARED.format(what="image root", path=image_root))
     hash_of = image_hasher(Path(image_root) if image_root else None)  # one cache per task
     for files in batch.column("files").to_pylist():
         for ref in json.loads(files):
             ref = IndexFileRef(ref["folder"], ref["instance"], ref["split"], Path(ref["path"]),
                                ref["position"])
+            if not ref.path.exists():  # the driver listed it: this node cannot see it
+                raise FileNotFoundError(_NOT_SHARED.format(what="index file", path=ref.path))
             problems = BuildProblems()
             index_file = load_index_file(ref, problems)
             rows: list[dict] = []

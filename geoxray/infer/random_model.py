@@ -23,6 +23,14 @@ from geoxray.infer.tiny_model import (CHAT_TEMPLATE, SPECIAL_TOKENS, build_cache
 
 BUILD_FORMAT = 2
 DONE_MARKER = "geoxray_random_build.json"
+# Results of a random-weights model carry this after the model's name (tables, keys, output
+# folders), so they never pass for, or resume into, the real checkpoint's; its profile is
+# filed under the real name (same compute), marked random_weights.
+NAME_SUFFIX = "+random"
+
+
+def real_name(name: str) -> str:
+    return name[: -len(NAME_SUFFIX)] if name.endswith(NAME_SUFFIX) else name
 
 _QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")
 _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
@@ -94,8 +102,8 @@ def ensure_random_model(path: str, min_pixels: int | None, max_pixels: int | Non
     """The folder (config, tokenizer, processor; no weights) of `path`'s architecture."""
     if path not in SHAPES:
         model_config(path)  # raises, naming the key and the known paths
-    spec = {"format": BUILD_FORMAT, "path": path, "min_pixels": min_pixels,
-            "max_pixels": max_pixels}
+    spec = {"format": BUILD_FORMAT, "path": path, "shapes": SHAPES[path],
+            "min_pixels": min_pixels, "max_pixels": max_pixels}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "models"
     slug = path.rsplit("/", 1)[-1].lower()

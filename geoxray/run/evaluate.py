@@ -29,7 +29,10 @@ _MODEL_IDENTITY = ("name", "engine", "path", "seed", "dtype", "min_pixels", "max
 
 
 def model_fingerprint(model: ModelConfig) -> str:
-    return short_hash({k: getattr(model, k, None) for k in _MODEL_IDENTITY}, n=16)
+    identity = {k: getattr(model, k, None) for k in _MODEL_IDENTITY}
+    if model.random_weights:  # only when set: earlier runs keep their keys
+        identity["random_weights"] = True
+    return short_hash(identity, n=16)
 
 
 def decode_fingerprint(decode: DecodeConfig) -> str:

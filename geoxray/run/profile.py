@@ -62,6 +62,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from geoxray.config import Config, ConfigError, load_config
+from geoxray.infer.random_model import real_name
 
 PROFILE_FORMAT = 1
 DEFAULT_DIR = Path("profiles")
@@ -329,7 +330,9 @@ def profile_model(configs: list[Config], items: int = 16, stage_items: int = 4,
     return {
         "geoxray_profile": PROFILE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": m.name, "engine": m.engine, "path": m.path, "params_b": params_billion(m),
+        # a random-weights model is profiled for the real one (same compute): its name
+        "model": real_name(m.name), "random_weights": m.random_weights,
+        "engine": m.engine, "path": m.path, "params_b": params_billion(m),
         "device": device_info(first, device),
         "model_config": {"tensor_parallel_size": m.tensor_parallel_size,
                          "gpus_per_replica": m.gpus_per_replica, "num_replicas": m.num_replicas,

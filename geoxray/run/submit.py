@@ -235,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         follow_logs(job_id, args.address)
     status = wait_for(job_id, args.address, args.timeout)
     print(f"job {job_id}: {status}")
-    if status != "SUCCEEDED" and not args.follow:
+    if status not in TERMINAL:
+        print(f"still {status} after {args.timeout} s; follow it: geoxray logs {job_id} "
+              f"--follow", file=sys.stderr)
+    elif status != "SUCCEEDED" and not args.follow:
         _explain(job_id, args.address)
     return 0 if status == "SUCCEEDED" else 1
 
@@ -249,7 +252,7 @@ def _explain(job_id: str, address: str | None, lines: int = 60) -> None:
         if info.message:
             print(f"message: {info.message}", file=sys.stderr)
         tail = c.get_job_logs(job_id).splitlines()[-lines:]
-    except (ConnectionError, RuntimeError) as exc:
+    except Exception as exc:  # only diagnostics: never turn a job's failure into a crash
         print(f"(cannot read the job's logs: {exc})", file=sys.stderr)
         return
     print(f"--- last {len(tail)} lines of the job's log ---", file=sys.stderr)
