@@ -16,9 +16,10 @@ the cache an earlier run filled. Variants, in-process, `paper` decoding with sho
   no reuse            a new uuid for every image of every item: each image is processed
                       anew, as in a harness that sends each item on its own
 
-Then the engine is shut down, Ray started, and the same model served by a Serve app
-(`start_model_app`) and called through `ServeEngine` as evaluations do: grouped + uuids in
-`paper` and `choice` modes, against the in-process figures of the same modes.
+Beside it, the same model served by a Serve app (`start_model_app`) and called through
+`ServeEngine` as evaluations do: grouped + uuids in `paper` and `choice` modes, against the
+in-process figures of the same modes. Ray and both engines are up throughout, and the runs of
+all setups are interleaved, in a new order each round.
 Writes benchmarks/results/serve.json.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ import random
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
@@ -99,20 +101,16 @@ class Runs:
     def __init__(self) -> None:
         self.count = 0
 
-    def items_per_s(self, generate, requests: list[Request], kind: str, repeats: int) -> dict:
-        times = []
-        for _ in range(repeats):
-            self.count += 1
-            sent = variant(requests, kind, self.count)
-            started = time.perf_counter()
-            replies = generate(sent)
-            times.append(time.perf_counter() - started)
-            errors = [r.error for r in replies if r.error]
-            if errors:
-                raise RuntimeError(f"{len(errors)} engine errors, e.g. {errors[0]}")
-        best = min(times)
-        return {"items_per_s": round(len(requests) / best, 2),
-                "runs_s": [round(t, 2) for t in times]}
+    def seconds(self, generate, requests: list[Request], kind: str) -> float:
+        self.count += 1
+        sent = variant(requests, kind, self.count)
+        started = time.perf_counter()
+        replies = generate(sent)
+        took = time.perf_counter() - started
+        errors = [r.error for r in replies if r.error]
+        if errors:
+            raise RuntimeError(f"{len(errors)} engine errors, e.g. {errors[0]}")
+        return took
 
 
 def main() -> int:
@@ -136,40 +134,22 @@ def main() -> int:
         requests = benchmark_requests(world, args.items)
     n_sets = len({tuple(r.image_uuids[:-1]) for r in requests})
     print(f"{len(requests)} items over {n_sets} aerial image sets")
-    runs = Runs()
     result: dict = {"benchmark": "serve", "model": args.model, "items": len(requests),
                     "aerial_image_sets": n_sets, "max_tokens": args.max_tokens,
                     "repeats": args.repeats}
-
-    from geoxray.infer.vllm_engine import VLLMEngine
-    started = time.perf_counter()
-    engine = VLLMEngine(model, paper)
-    result["in_process_engine_start_s"] = round(time.perf_counter() - started, 1)
-    engine.generate(variant(requests[:8], "grouped", 0), choice)  # warm-up (grammar, kernels)
-    cache = {}
-    for kind in ("grouped", "no_uuids", "shuffled", "no_reuse"):
-        cache[kind] = runs.items_per_s(lambda r: engine.generate(r, paper), requests, kind,
-                                       args.repeats)
-        print(f"in-process paper {kind:>9}: {cache[kind]['items_per_s']:7.1f} items/s")
-    in_process_choice = runs.items_per_s(lambda r: engine.generate(r, choice), requests,
-                                         "grouped", args.repeats)
-    print(f"in-process choice  grouped: {in_process_choice['items_per_s']:7.1f} items/s")
-    engine.shutdown()
-    del engine
-
-    base = cache["grouped"]["items_per_s"]
-    result["cache_effect"] = {
-        "mode": "paper", "variants": cache,
-        "grouped_uuids_over_no_reuse": round(base / cache["no_reuse"]["items_per_s"], 2),
-        "grouped_uuids_over_grouped_no_uuids": round(base / cache["no_uuids"]["items_per_s"], 2),
-        "grouped_uuids_over_shuffled_uuids": round(base / cache["shuffled"]["items_per_s"], 2)}
 
     import ray
     from ray import serve
 
     from geoxray.infer.serve import ServeEngine, start_model_app
+    from geoxray.infer.vllm_engine import VLLMEngine
+
+    # Ray and the Serve app are up for every measurement, the in-process ones too (same
+    # background load), and the setups' runs are interleaved in a new order each round (same
+    # drift), so the ratios compare the paths, not the moments they ran.
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
              log_to_driver=False)
+    engine = None
     try:
         started = time.perf_counter()
         app = start_model_app(model, paper)
@@ -177,26 +157,59 @@ def main() -> int:
         started = time.perf_counter()
         start_model_app(model, paper)
         result["serve_app_reuse_s"] = round(time.perf_counter() - started, 2)
-        overhead = {}
-        for name, decode, in_process in (("paper", paper, cache["grouped"]),
-                                         ("choice", choice, in_process_choice)):
-            client = ServeEngine(app, decode, timeout_s=model.request_timeout_s,
-                                 max_in_flight=model.max_in_flight)
-            client.generate(variant(requests[:8], "grouped", 0))  # warm-up
-            served = runs.items_per_s(client.generate, requests, "grouped", args.repeats)
+        started = time.perf_counter()
+        engine = VLLMEngine(model, paper)
+        result["in_process_engine_start_s"] = round(time.perf_counter() - started, 1)
+        served = {mode: ServeEngine(app, decode, timeout_s=model.request_timeout_s,
+                                    max_in_flight=model.max_in_flight)
+                  for mode, decode in (("paper", paper), ("choice", choice))}
+        setups = {f"in_process/paper/{kind}": (partial(engine.generate, decode=paper), kind)
+                  for kind in ("grouped", "no_uuids", "shuffled", "no_reuse")}
+        setups["in_process/choice/grouped"] = (partial(engine.generate, decode=choice),
+                                               "grouped")
+        setups["serve/paper/grouped"] = (served["paper"].generate, "grouped")
+        setups["serve/choice/grouped"] = (served["choice"].generate, "grouped")
+        for generate, _ in setups.values():  # warm-up (grammar compile, kernels, handles)
+            generate(variant(requests[:8], "grouped", 0))
+        runs, times = Runs(), {name: [] for name in setups}
+        for round_ in range(args.repeats):
+            for name in random.Random(round_).sample(list(setups), len(setups)):
+                generate, kind = setups[name]
+                times[name].append(runs.seconds(generate, requests, kind))
+                print(f"round {round_ + 1}: {name:<28} "
+                      f"{len(requests) / times[name][-1]:7.1f} items/s")
+        for client in served.values():
             client.close()
-            print(f"serve      {name:>6} grouped: {served['items_per_s']:7.1f} items/s")
-            overhead[name] = {"in_process": in_process, "serve": served,
-                              "serve_over_in_process": round(
-                                  served["items_per_s"] / in_process["items_per_s"], 2)}
-        result["serve_vs_in_process"] = overhead
     finally:
+        if engine is not None:
+            engine.shutdown()
         serve.shutdown()
         ray.shutdown()
 
+    def figure(name: str) -> dict:  # best of the rounds
+        return {"items_per_s": round(len(requests) / min(times[name]), 2),
+                "runs_s": [round(t, 2) for t in times[name]]}
+
+    cache = {kind: figure(f"in_process/paper/{kind}")
+             for kind in ("grouped", "no_uuids", "shuffled", "no_reuse")}
+    base = cache["grouped"]["items_per_s"]
+    result["cache_effect"] = {
+        "mode": "paper", "variants": cache,
+        "grouped_uuids_over_no_reuse": round(base / cache["no_reuse"]["items_per_s"], 2),
+        "grouped_uuids_over_grouped_no_uuids": round(base / cache["no_uuids"]["items_per_s"], 2),
+        "grouped_uuids_over_shuffled_uuids": round(base / cache["shuffled"]["items_per_s"], 2)}
+    result["serve_vs_in_process"] = {}
+    for mode in ("paper", "choice"):
+        local, remote = figure(f"in_process/{mode}/grouped"), figure(f"serve/{mode}/grouped")
+        result["serve_vs_in_process"][mode] = {
+            "in_process": local, "serve": remote,
+            "serve_over_in_process": round(remote["items_per_s"] / local["items_per_s"], 2)}
+
     result["machine"] = machine()
-    result["command"] = " ".join(["python benchmarks/bench_serve.py",
-                                  *(a for a in sys.argv[1:] if not a.startswith("/"))])
+    # the command as run, with --world's folder (a machine path) left out
+    result["command"] = (f"python benchmarks/bench_serve.py --model {args.model} --items "
+                         f"{args.items} --repeats {args.repeats} --max-tokens {args.max_tokens}"
+                         + (" --world DIR" if args.world else ""))
     print(json.dumps({k: result[k] for k in ("cache_effect", "serve_vs_in_process")},
                      indent=1))
     save(result, args.out)

@@ -17,7 +17,7 @@ from geoxray.config import Config, ConfigError, cache_dir
 # built by the streaming Ray Data job (geoxray/bench/build_ray.py): the in-memory build's
 # one process grows ~1.2 KB per item (~1 GB heap at 755,976), the Ray job's driver heap stays
 # ~190 MB and each worker's ~200 MB, however many items. On ONE small machine that buys
-# nothing (all of Ray's processes together: ~2.0 GB vs ~1.0 GB PSS, 0.6x the speed); it bounds
+# nothing (all of Ray's processes together: ~2.0 GB vs ~1.0 GB PSS, 0.86x the speed); it bounds
 # the driver (a job's driver on a small head node) and spreads the work over a cluster's
 # nodes. Below the threshold Ray's fixed cost is most of the build (42,900 items: 13.5 s vs
 # 1.6 s). Figures: benchmarks/results/build_scale.json.
