@@ -5,9 +5,10 @@ For each decode mode (paper and choice unless `decode=` is given):
 1. engine start-up: building the engine the way a run does (for vLLM: starting the model's
    Serve app and a client; a running app of the same model is reused, so profile on a fresh
    cluster to time a cold start);
-2. time per stage on `--stage-items` items per task (rounded up to whole batches of
-   `run.batch_size`) taken from the END of each task's items, batch by batch through the
-   run's own stage code (`profile_stages.TimedStage`): seconds
+2. time per stage on about `--stage-items` items per task (rounded up to whole batches of
+   `run.batch_size`), each task's share as in the selection, taken from the END of each
+   task's items, after one untimed item per task has warmed the engine up, batch by batch
+   through the run's own stage code (`profile_stages.TimedStage`): seconds
    per item in read, decode, crop, request, engine, parse, write; tokens per item and
    image tokens per item from the replies;
 3. three real `evaluate` runs into a scratch folder, each resuming the last (so no item is
@@ -125,31 +126,47 @@ def profile_path(model_name: str, device_slug: str, folder: str | Path = DEFAULT
 
 # --- samples -----------------------------------------------------------------------------------
 def tail_rows(items_path: Path, cfg: Config, per_task: int) -> list[dict]:
-    """Items from the end of each selected task (keys = item ids): distinct from the first
-    items a capped run takes, so the stage timing sees no warm cache. At least `per_task`
-    per task, and whole batches of `run.batch_size` (an engine that batches, like vLLM,
-    is only as fast as a run when a full batch is in flight)."""
+    """Items from the end of each selected task (keys = item ids), as many of each task as
+    its share of the selection: an item's cost depends on its task (choice mode scores K + 1
+    prefixes; cross-map items carry 5 images), so the sample has the run's mix of tasks.
+    From the ends: distinct from the first items a capped run takes, so the stage timing
+    sees no warm cache. About `per_task` items per task, in whole batches of
+    `run.batch_size` (an engine that batches, like vLLM, is only as fast as a run when a
+    full batch is in flight), at least one of every task."""
     tasks = set(cfg.run.tasks) if cfg.run.tasks else None
     splits = set(cfg.data.splits)
-    table = pq.read_table(items_path)
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for row in table.to_pylist():
+    for row in pq.read_table(items_path).to_pylist():
         if row["split"] in splits and (tasks is None or row["task"] in tasks):
             by_task[row["task"]].append(row)
-    batch = cfg.run.batch_size
-    wanted = max(1, -(-per_task * len(by_task) // batch)) * batch  # whole batches
     available = sum(len(v) for v in by_task.values())
-    wanted = min(wanted, available)
-    take = {task: 0 for task in by_task}
-    while sum(take.values()) < wanted:  # round robin over the tasks, from their ends
-        for task, task_rows in by_task.items():
-            if take[task] < len(task_rows) and sum(take.values()) < wanted:
-                take[task] += 1
+    batch = cfg.run.batch_size
+    wanted = min(available, max(1, -(-per_task * len(by_task) // batch)) * batch)
+    take = {t: min(len(r), max(1, round(wanted * len(r) / available)))
+            for t, r in by_task.items()}
+    for task in sorted(by_task, key=lambda t: -len(by_task[t])):  # rounding: fix the total
+        while sum(take.values()) > wanted and take[task] > 1:
+            take[task] -= 1
+        while sum(take.values()) < wanted and take[task] < len(by_task[task]):
+            take[task] += 1
     rows = [{**row, "key": row["item_id"]}
-            for task, task_rows in by_task.items() for row in task_rows[-take[task]:]
-            if take[task]]
+            for task, task_rows in by_task.items() for row in task_rows[-take[task]:]]
     rows.sort(key=lambda r: (r["image_set"], r["task"], r["crop"]))  # a run's order
     return rows
+
+
+def warmup_rows(items_path: Path, cfg: Config, timed: list[dict]) -> list[dict]:
+    """One item of every selected task, from the middle of the items (neither the timed tail
+    nor the first items a capped run takes), to warm the engine up before timing."""
+    keys = {row["key"] for row in timed}
+    rows = [row for row in pq.read_table(items_path).to_pylist()
+            if row["split"] in set(cfg.data.splits) and row["item_id"] not in keys
+            and (not cfg.run.tasks or row["task"] in cfg.run.tasks)]
+    middle = rows[len(rows) // 2:] + rows[:len(rows) // 2]
+    first: dict[str, dict] = {}
+    for row in middle:
+        first.setdefault(row["task"], {**row, "key": row["item_id"]})
+    return list(first.values())
 
 
 def text_token_counts(cfg: Config, requests) -> list[int] | None:
@@ -262,7 +279,8 @@ def profile_mode(cfg: Config, bench, items: int, stage_items: int, scratch: Path
     engine = builder()
     startup = time.perf_counter() - t0
     stages = time_stages(rows, lambda: engine, str(bench.image_root), cfg.model.name,
-                         cfg.decode.mode, cfg.run.batch_size, cfg.run.image_cache_size)
+                         cfg.decode.mode, cfg.run.batch_size, cfg.run.image_cache_size,
+                         warmup_rows=warmup_rows(bench.items_path, cfg, rows))
     per_item = sum(v for k, v in stages.stage_s_per_item.items() if k != "write")
     replies = stages.replies
     prompt = _mean(r.prompt_tokens or None for r in replies)

@@ -125,10 +125,17 @@ class StageProfile:
 
 def time_stages(rows: list[dict], engine_builder: Callable[[], Engine], image_root: str,
                 model_name: str, decode_mode: str, batch_size: int,
-                image_cache_size: int = 64) -> StageProfile:
+                image_cache_size: int = 64, warmup_rows: Sequence[dict] = ()) -> StageProfile:
     """Run `rows` (item rows with a `key`) through a TimedStage batch by batch, writing
-    parts to a scratch folder; returns seconds per item for each stage."""
+    parts to a scratch folder; returns seconds per item for each stage. `warmup_rows` go
+    through first, untimed: an engine's first requests pay one-time costs (vLLM: a grammar
+    compiled per option set, first-call set-up) that a long run spreads over all its items."""
     stage = TimedStage(engine_builder, image_root, model_name, decode_mode, image_cache_size)
+    if warmup_rows:
+        stage(pa.Table.from_pylist(list(warmup_rows)))
+        stage.timer.seconds.clear()
+        stage.requests.clear()
+        stage.engine.replies.clear()
     scratch = Path(tempfile.mkdtemp(prefix="geoxray-profile-"))
     outputs = []
     t0 = time.perf_counter()
