@@ -125,21 +125,26 @@ def profile_path(model_name: str, device_slug: str, folder: str | Path = DEFAULT
 
 
 # --- samples -----------------------------------------------------------------------------------
-def tail_rows(items_path: Path, cfg: Config, per_task: int) -> list[dict]:
-    """Items from the end of each selected task (keys = item ids), as many of each task as
-    its share of the selection: an item's cost depends on its task (choice mode scores K + 1
-    prefixes; cross-map items carry 5 images), so the sample has the run's mix of tasks.
-    From the ends: distinct from the first items a capped run takes, so the stage timing
-    sees no warm cache. About `per_task` items per task, in whole batches of
-    `run.batch_size` (an engine that batches, like vLLM, is only as fast as a run when a
-    full batch is in flight), at least one of every task."""
+def selected_rows(items_path: Path, cfg: Config) -> list[dict]:
+    """The items a run of `cfg` selects (splits, tasks), in items.parquet order, keyed by id."""
     tasks = set(cfg.run.tasks) if cfg.run.tasks else None
     splits = set(cfg.data.splits)
+    return [{**row, "key": row["item_id"]} for row in pq.read_table(items_path).to_pylist()
+            if row["split"] in splits and (tasks is None or row["task"] in tasks)]
+
+
+def tail_rows(selected: list[dict], cfg: Config, per_task: int) -> list[dict]:
+    """Items from the end of each selected task, as many of each task as its share of the
+    selection: an item's cost depends on its task (choice mode scores K + 1 prefixes;
+    cross-map items carry 5 images), so the sample has the run's mix of tasks. From the
+    ends: distinct from the first items a capped run takes, so the stage timing sees no warm
+    cache. About `per_task` items per task, in whole batches of `run.batch_size` (an engine
+    that batches, like vLLM, is only as fast as a run when a full batch is in flight), at
+    least one of every task."""
     by_task: dict[str, list[dict]] = defaultdict(list)
-    for row in pq.read_table(items_path).to_pylist():
-        if row["split"] in splits and (tasks is None or row["task"] in tasks):
-            by_task[row["task"]].append(row)
-    available = sum(len(v) for v in by_task.values())
+    for row in selected:
+        by_task[row["task"]].append(row)
+    available = len(selected)
     batch = cfg.run.batch_size
     wanted = min(available, max(1, -(-per_task * len(by_task) // batch)) * batch)
     take = {t: min(len(r), max(1, round(wanted * len(r) / available)))
@@ -149,23 +154,19 @@ def tail_rows(items_path: Path, cfg: Config, per_task: int) -> list[dict]:
             take[task] -= 1
         while sum(take.values()) < wanted and take[task] < len(by_task[task]):
             take[task] += 1
-    rows = [{**row, "key": row["item_id"]}
-            for task, task_rows in by_task.items() for row in task_rows[-take[task]:]]
+    rows = [row for task, task_rows in by_task.items() for row in task_rows[-take[task]:]]
     rows.sort(key=lambda r: (r["image_set"], r["task"], r["crop"]))  # a run's order
     return rows
 
 
-def warmup_rows(items_path: Path, cfg: Config, timed: list[dict]) -> list[dict]:
+def warmup_rows(selected: list[dict], timed: list[dict]) -> list[dict]:
     """One item of every selected task, from the middle of the items (neither the timed tail
     nor the first items a capped run takes), to warm the engine up before timing."""
     keys = {row["key"] for row in timed}
-    rows = [row for row in pq.read_table(items_path).to_pylist()
-            if row["split"] in set(cfg.data.splits) and row["item_id"] not in keys
-            and (not cfg.run.tasks or row["task"] in cfg.run.tasks)]
-    middle = rows[len(rows) // 2:] + rows[:len(rows) // 2]
+    rows = [row for row in selected if row["key"] not in keys]
     first: dict[str, dict] = {}
-    for row in middle:
-        first.setdefault(row["task"], {**row, "key": row["item_id"]})
+    for row in rows[len(rows) // 2:] + rows[:len(rows) // 2]:
+        first.setdefault(row["task"], row)
     return list(first.values())
 
 
@@ -267,7 +268,8 @@ def profile_mode(cfg: Config, bench, items: int, stage_items: int, scratch: Path
     from geoxray.infer import engine_builder as make_builder
     from geoxray.run.profile_stages import time_stages
 
-    rows = tail_rows(bench.items_path, cfg, stage_items)
+    selected = selected_rows(bench.items_path, cfg)
+    rows = tail_rows(selected, cfg, stage_items)
     gold: dict[str, dict[str, float]] = defaultdict(dict)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in rows:
@@ -280,7 +282,7 @@ def profile_mode(cfg: Config, bench, items: int, stage_items: int, scratch: Path
     startup = time.perf_counter() - t0
     stages = time_stages(rows, lambda: engine, str(bench.image_root), cfg.model.name,
                          cfg.decode.mode, cfg.run.batch_size, cfg.run.image_cache_size,
-                         warmup_rows=warmup_rows(bench.items_path, cfg, rows))
+                         warmup_rows=warmup_rows(selected, rows))
     per_item = sum(v for k, v in stages.stage_s_per_item.items() if k != "write")
     replies = stages.replies
     prompt = _mean(r.prompt_tokens or None for r in replies)
