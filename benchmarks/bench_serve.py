@@ -41,19 +41,13 @@ for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TR
     os.environ.setdefault(key, value)
 
 import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from geoxray.infer.config import DecodeConfig, ModelConfig  # noqa: E402
+from geoxray.config import load_config  # noqa: E402
+from geoxray.infer.config import DecodeConfig  # noqa: E402
 from geoxray.infer.engine import Request  # noqa: E402
 from results_io import machine, save  # noqa: E402  (benchmarks/, the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_model(name: str) -> ModelConfig:
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                             OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
-    return OmegaConf.to_object(merged)
 
 
 def benchmark_requests(world: Path, n_items: int) -> list[Request]:
@@ -123,7 +117,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = ap.parse_args()
 
-    model = load_model(args.model)
+    model = load_config([f"model={args.model}"]).model  # the project's loader: checked
     if model.path.startswith("tiny:"):
         from geoxray.infer.tiny_model import ensure_tiny_qwen2vl
         ensure_tiny_qwen2vl()

@@ -32,6 +32,7 @@ NAME_SUFFIX = "+random"
 def real_name(name: str) -> str:
     return name[: -len(NAME_SUFFIX)] if name.endswith(NAME_SUFFIX) else name
 
+
 _QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu")
 _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                           hidden_act="silu", window_size=112, tokens_per_second=2,
@@ -40,30 +41,28 @@ _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, nu
 ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                  "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
+def _text(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
+          tied: bool) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                tie_word_embeddings=tied)
+
+
 # HF id -> (architecture, text shapes, vision shapes). The vision tower's output width is the
 # text hidden size.
 SHAPES: dict[str, tuple[str, dict, dict]] = {
-    "Qwen/Qwen2-VL-2B-Instruct": ("qwen2_vl", dict(
-        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-        mrope_section=[16, 24, 24]), _QWEN2_VL_VISION),
-    "Qwen/Qwen2-VL-7B-Instruct": ("qwen2_vl", dict(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-        mrope_section=[16, 24, 24]), _QWEN2_VL_VISION),
-    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", dict(
-        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
-    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", dict(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
-    "Qwen/Qwen2.5-VL-72B-Instruct": ("qwen2_5_vl", dict(
-        hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-        num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False,
-        mrope_section=[16, 24, 24]), _QWEN2_5_VL_VISION),
+    "Qwen/Qwen2-VL-2B-Instruct":
+        ("qwen2_vl", _text(1536, 8960, 28, 12, 2, 151936, True), _QWEN2_VL_VISION),
+    "Qwen/Qwen2-VL-7B-Instruct":
+        ("qwen2_vl", _text(3584, 18944, 28, 28, 4, 152064, False), _QWEN2_VL_VISION),
+    "Qwen/Qwen2.5-VL-3B-Instruct":
+        ("qwen2_5_vl", _text(2048, 11008, 36, 16, 2, 151936, True), _QWEN2_5_VL_VISION),
+    "Qwen/Qwen2.5-VL-7B-Instruct":
+        ("qwen2_5_vl", _text(3584, 18944, 28, 28, 4, 152064, False), _QWEN2_5_VL_VISION),
+    "Qwen/Qwen2.5-VL-72B-Instruct":
+        ("qwen2_5_vl", _text(8192, 29568, 80, 64, 8, 152064, False), _QWEN2_5_VL_VISION),
 }
+MROPE_SECTION = [16, 24, 24]  # every checkpoint above: (t, h, w) of head_dim 128 / 2
 
 
 def model_config(path: str):
@@ -74,8 +73,8 @@ def model_config(path: str):
     arch, text, vision = SHAPES[path]
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    mrope = MROPE_SECTION
     text = dict(text)
-    mrope = text.pop("mrope_section")
     text.update(max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], hidden_act="silu",
