@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import save  # benchmarks/, the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
          "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -141,9 +143,7 @@ def main() -> int:
                      "sweep_process_s": round(sweep_s, 1)},
         "ratio_predicted_over_measured": round(ratio, 4), "within_15_percent": ok,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"-> {args.out}")
+    save(result, Path(args.out))
     return 0 if ok else 1
 
 
