@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoxray.run import store
-from geoxray.run.localcluster import cluster_processes, start_local_cluster
+from geoxray.run.localcluster import (_ephemeral_range, _PortPicker, cluster_processes,
+                                      start_local_cluster)
 from geoxray.run.submit import (EXCLUDES, SubmitError, entrypoint, job_env, runtime_env)
 
 ITEMS_PER_TASK = 3
@@ -46,6 +47,20 @@ def test_secrets_never_enter_a_job():
     renv = runtime_env(env)
     assert Path(renv["working_dir"], "geoxray", "cli.py").is_file()
     assert {".git", ".venv", "runs/", "**/__pycache__"} <= set(renv["excludes"]) == set(EXCLUDES)
+
+
+def test_cluster_ports_never_collide():
+    # Ray refuses to start a node whose single ports fall inside its worker-port block (a CI
+    # run failed on exactly that): blocks sit below the OS's ephemeral range and apart.
+    ports = _PortPicker()
+    singles = [ports.single() for _ in range(30)]
+    blocks = [ports.block() for _ in range(3)]
+    assert len(set(singles)) == len(singles)
+    covered = [p for low, high in blocks for p in range(low, high + 1)]
+    assert len(set(covered)) == len(covered) == 3 * 200
+    assert not set(singles) & set(covered)
+    if _ephemeral_range()[0] - 10000 >= 20 * 200:
+        assert max(covered) < _ephemeral_range()[0]
 
 
 def test_entrypoint_quotes_overrides():

@@ -53,24 +53,53 @@ class LocalCluster:
         return stopped
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+class _PortPicker:
+    """Ports for one cluster's start, none used twice: Ray refuses to start a node when one of
+    its ports falls inside its worker-port block, so the single ports (which the OS hands out
+    from its ephemeral range) and the worker blocks are kept apart and remembered."""
 
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
 
-def _free_range(width: int = 200) -> tuple[int, int]:
-    """A block of ports for a node's workers, above the ephemeral ports the OS hands out."""
-    for _ in range(200):
-        base = 20000 + (int.from_bytes(os.urandom(2), "little") % 200) * width
-        try:
-            for port in (base, base + width // 2, base + width - 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind((LOOPBACK, port))
+    def single(self) -> int:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((LOOPBACK, 0))
+                port = s.getsockname()[1]
+            if port not in self.taken:
+                self.taken.add(port)
+                return port
+        raise RuntimeError("no free port")
+
+    def block(self, width: int = 200) -> tuple[int, int]:
+        """A block of free ports for a node's workers, below the OS's ephemeral range (so a
+        port the OS hands out later, to Ray or anyone, cannot land inside it)."""
+        top = _ephemeral_range()[0]
+        if top - 10000 < 20 * width:  # an unusually wide ephemeral range: take what is free
+            top = 65000
+        slots = (top - 10000) // width
+        for _ in range(200):
+            base = 10000 + (int.from_bytes(os.urandom(2), "little") % slots) * width
+            ports = range(base, base + width)
+            if any(p in self.taken for p in ports):
+                continue
+            try:
+                for port in (base, base + width // 2, base + width - 1):
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                        s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            self.taken.update(ports)
             return base, base + width - 1
-        except OSError:
-            continue
-    raise RuntimeError("no free port range for Ray workers")
+        raise RuntimeError("no free port range for Ray workers")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def _ray_bin() -> str:
@@ -78,12 +107,13 @@ def _ray_bin() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
 
 
-def _node_ports() -> list[str]:
-    low, high = _free_range()
-    return [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+def _node_ports(ports: _PortPicker) -> list[str]:
+    low, high = ports.block()
+    return [f"--node-manager-port={ports.single()}", f"--object-manager-port={ports.single()}",
+            f"--dashboard-agent-listen-port={ports.single()}",
+            f"--dashboard-agent-grpc-port={ports.single()}",
+            f"--runtime-env-agent-port={ports.single()}",
+            f"--metrics-export-port={ports.single()}",
             f"--min-worker-port={low}", f"--max-worker-port={high}"]
 
 
@@ -102,13 +132,14 @@ def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, temp_dir: str | 
         run_env.pop(inherited, None)  # this cluster's own, never a caller's (e.g. a test's)
     # The job driver runs `python` from the nodes' PATH: make it this interpreter.
     run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
-    gcs_port, dash_port = _free_port(), _free_port()
+    ports = _PortPicker()
+    gcs_port, dash_port = ports.single(), ports.single()
     common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={object_store_memory}",
               f"--node-ip-address={NODE_IP}", "--disable-usage-stats"]
     head = [_ray_bin(), "start", "--head", f"--port={gcs_port}", f"--temp-dir={temp_dir}",
             "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
-            f"--dashboard-port={dash_port}", f"--ray-client-server-port={_free_port()}",
-            *common, *_node_ports()]
+            f"--dashboard-port={dash_port}", f"--ray-client-server-port={ports.single()}",
+            *common, *_node_ports(ports)]
     cluster = LocalCluster(temp_dir, f"{NODE_IP}:{gcs_port}", f"http://{LOOPBACK}:{dash_port}",
                            nodes, str(token_path))
     try:
@@ -119,7 +150,7 @@ def start_local_cluster(nodes: int = 2, cpus_per_node: int = 1, temp_dir: str | 
             node_dir = Path(temp_dir) / f"n{i}"
             node_dir.mkdir(exist_ok=True)
             _run([_ray_bin(), "start", f"--address={cluster.gcs_address}",
-                  f"--temp-dir={node_dir}", *common, *_node_ports()], run_env)
+                  f"--temp-dir={node_dir}", *common, *_node_ports(ports)], run_env)
         _wait_alive(cluster, nodes, timeout_s)
     except Exception:
         stop_local_cluster(temp_dir)
