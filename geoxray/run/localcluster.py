@@ -73,13 +73,14 @@ class _PortPicker:
 
     def block(self, width: int = 200) -> tuple[int, int]:
         """A block of free ports for a node's workers, below the OS's ephemeral range (so a
-        port the OS hands out later, to Ray or anyone, cannot land inside it)."""
-        top = _ephemeral_range()[0]
-        if top - 10000 < 20 * width:  # an unusually wide ephemeral range: take what is free
+        port the OS hands out later, to Ray or anyone, cannot land inside it) and above
+        Ray's default worker ports 10002-19999 (used by any plain `ray.init()` cluster)."""
+        bottom, top = 20000, _ephemeral_range()[0]
+        if top - bottom < 20 * width:  # an unusually wide ephemeral range: take what is free
             top = 65000
-        slots = (top - 10000) // width
+        slots = (top - bottom) // width
         for _ in range(200):
-            base = 10000 + (int.from_bytes(os.urandom(2), "little") % slots) * width
+            base = bottom + (int.from_bytes(os.urandom(2), "little") % slots) * width
             ports = range(base, base + width)
             if any(p in self.taken for p in ports):
                 continue
