@@ -17,6 +17,8 @@ PUBLISHED_PARAMS = {
     "Qwen/Qwen2.5-VL-3B-Instruct": 3.75e9,
     "Qwen/Qwen2.5-VL-7B-Instruct": 8.29e9,
     "Qwen/Qwen2.5-VL-72B-Instruct": 73.4e9,
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": 894e6,
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03e9,
 }
 
 
@@ -55,6 +57,34 @@ def test_folder_holds_what_the_dummy_loader_needs(tmp_path, monkeypatch):
     assert ensure_random_model(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels) == built
 
 
+def test_llava_onevision_folder_counts_image_tokens_like_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOXRAY_CACHE", str(tmp_path))
+    cfg = load_config(["model=llava_onevision_7b", "model.random_weights=true"])
+    from geoxray.infer.vllm_engine import engine_args
+    args = engine_args(cfg.model)
+    assert args["load_format"] == "dummy" and args["trust_remote_code"] is False
+    built = args["model"]
+    config = json.loads((tmp_path / "models" / built.rsplit("/", 1)[-1] / "config.json")
+                        .read_text())
+    assert config["architectures"] == ["LlavaOnevisionForConditionalGeneration"]
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(built)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                             {"type": "text", "text": "Where?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    images = [Image.fromarray(np.zeros((512, 512, 3), np.uint8))] * 2
+    ids = processor(images=images, text=prompt, return_tensors="np")["input_ids"][0]
+    # anyres by hand: a 512x512 image fits the 2x2 grid of 384 px tiles (768x768), 27x27
+    # patches a tile: 54x54 features + 54 row newlines, plus the 27x27 base image
+    per_image = 54 * 54 + 54 + 27 * 27
+    assert (ids == config["image_token_index"]).sum() == 2 * per_image == 2 * 3699
+    # five such images (a cross-map item) fit the config's context
+    assert 5 * per_image + 200 < cfg.model.max_model_len
+
+
 def test_unknown_shapes_fail_at_start_naming_the_key():
     with pytest.raises(ConfigError, match="model.random_weights"):
         load_config(["model=internvl2_8b", "model.random_weights=true"])
@@ -73,3 +103,4 @@ def test_random_weights_results_never_pass_for_the_real_model():
     again = load_config(["model=qwen2_vl_7b", "model.random_weights=true",
                          "model.name=qwen2_vl_7b+random"])
     assert again.model.name == "qwen2_vl_7b+random"
+

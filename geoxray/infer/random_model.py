@@ -10,7 +10,9 @@ prompt token counts by a few dozen per item against several hundred image tokens
 random, so paper mode runs to `max_tokens`: profile it with the paper's 512.
 
 Shapes are written down below for the architectures vLLM and transformers support natively
-(Qwen2-VL, Qwen2.5-VL); they are the published config.json values of each checkpoint.
+(Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision); they are the published config.json values of each
+checkpoint. InternVL2/3 and Phi-3.5-vision ship their configs and tokenizers as remote code,
+which cannot be had offline: `geoxray plan` estimates them from a profiled model's figures.
 """
 from __future__ import annotations
 
@@ -38,8 +40,14 @@ _QWEN2_5_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, nu
                           hidden_act="silu", window_size=112, tokens_per_second=2,
                           fullatt_block_indexes=[7, 15, 23, 31])
 
+# SigLIP so400m/14 at 384 px, as LLaVA-OneVision uses it (vLLM drops the pooling head).
+_SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                      num_attention_heads=16, patch_size=14, image_size=384,
+                      vision_use_head=False)
+
 ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
-                 "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+                 "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                 "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
 def _text(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
           tied: bool) -> dict:
@@ -61,7 +69,17 @@ SHAPES: dict[str, tuple[str, dict, dict]] = {
         ("qwen2_5_vl", _text(3584, 18944, 28, 28, 4, 152064, False), _QWEN2_5_VL_VISION),
     "Qwen/Qwen2.5-VL-72B-Instruct":
         ("qwen2_5_vl", _text(8192, 29568, 80, 64, 8, 152064, False), _QWEN2_5_VL_VISION),
+    # 0.5B: not in the paper, but small enough to check the 7B's path on a CPU
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf":
+        ("llava_onevision", _text(896, 4864, 24, 14, 2, 151936, True), _SIGLIP_SO400M),
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf":
+        ("llava_onevision", _text(3584, 18944, 28, 28, 4, 152128, False), _SIGLIP_SO400M),
 }
+# LLaVA-OneVision's image placeholder, one per image (the processor expands it to the image's
+# anyres tokens); Qwen's chat template otherwise, as in its checkpoints.
+LLAVA_IMAGE_TOKENS = ("<image>", "<video>")
+LLAVA_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
+                                            "<image>\n")
 MROPE_SECTION = [16, 24, 24]  # every checkpoint above: (t, h, w) of head_dim 128 / 2
 
 
@@ -72,28 +90,59 @@ def model_config(path: str):
                          f"{path!r}; known: {', '.join(sorted(SHAPES))}")
     arch, text, vision = SHAPES[path]
     tok = build_tokenizer()
+    if arch == "llava_onevision":
+        tok.add_tokens(list(LLAVA_IMAGE_TOKENS), special_tokens=True)
+        tok.chat_template = LLAVA_CHAT_TEMPLATE
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    mrope = MROPE_SECTION
     text = dict(text)
-    text.update(max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0,
+    text.update(max_position_embeddings=32768 if arch == "llava_onevision" else 128000,
+                rms_norm_eps=1e-6, rope_theta=1000000.0,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"], hidden_act="silu",
-                rope_scaling={"type": "mrope", "rope_type": "default", "mrope_section": mrope})
-    common = dict(in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    if arch == "qwen2_vl":
-        from transformers import Qwen2VLConfig as Config
-        vision = dict(vision, hidden_size=text["hidden_size"], **common)
+                pad_token_id=ids["<|endoftext|>"], hidden_act="silu")
+    if arch == "llava_onevision":
+        from transformers import LlavaOnevisionConfig
+        cfg = LlavaOnevisionConfig(
+            text_config=dict(text, model_type="qwen2"),
+            vision_config=dict(vision, model_type="siglip_vision_model"),
+            image_token_index=tok.convert_tokens_to_ids("<image>"),
+            video_token_index=tok.convert_tokens_to_ids("<video>"),
+            vision_feature_select_strategy="full", vision_feature_layer=-1,
+            vision_aspect_ratio="anyres_max_9", tie_word_embeddings=text["tie_word_embeddings"])
     else:
-        from transformers import Qwen2_5_VLConfig as Config
-        vision = dict(vision, out_hidden_size=text["hidden_size"], **common)
-    cfg = Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                 video_token_id=ids["<|video_pad|>"],
-                 vision_start_token_id=ids["<|vision_start|>"],
-                 vision_end_token_id=ids["<|vision_end|>"], **text)
+        text["rope_scaling"] = {"type": "mrope", "rope_type": "default",
+                                "mrope_section": MROPE_SECTION}
+        common = dict(in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        if arch == "qwen2_vl":
+            from transformers import Qwen2VLConfig as Config
+            vision = dict(vision, hidden_size=text["hidden_size"], **common)
+        else:
+            from transformers import Qwen2_5_VLConfig as Config
+            vision = dict(vision, out_hidden_size=text["hidden_size"], **common)
+        cfg = Config(text_config=text, vision_config=vision,
+                     image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                     vision_start_token_id=ids["<|vision_start|>"],
+                     vision_end_token_id=ids["<|vision_end|>"], **text)
     cfg.dtype = "bfloat16"
     # what vLLM reads to pick the generating model class (without it: a pooling model)
     cfg.architectures = [ARCHITECTURES[arch]]
     return cfg, tok
+
+
+def _save_llava_processor(out: Path, tok) -> None:
+    """LLaVA-OneVision's processor (anyres image tiling at 384 px, 729 tokens a tile) with our
+    tokenizer: image tokens per image come out as with the real checkpoint."""
+    try:  # transformers 5: the PIL backend
+        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+            LlavaOnevisionImageProcessorPil as ImageProcessor)
+    except ImportError:
+        from transformers import LlavaOnevisionImageProcessor as ImageProcessor
+    from transformers import LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    LlavaOnevisionProcessor(
+        image_processor=ImageProcessor(), tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(), num_image_tokens=729,
+        vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE,
+        vision_aspect_ratio="anyres_max_9").save_pretrained(out)
 
 
 def ensure_random_model(path: str, min_pixels: int | None, max_pixels: int | None,
@@ -110,6 +159,9 @@ def ensure_random_model(path: str, min_pixels: int | None, max_pixels: int | Non
     def build(out: Path) -> None:
         cfg, tok = model_config(path)
         cfg.save_pretrained(out)
+        if SHAPES[path][0] == "llava_onevision":
+            _save_llava_processor(out, tok)  # its pixel budget is its tiling, not min/max
+            return
         tok.save_pretrained(out)
         build_image_processor(out, min_pixels or 56 * 56, max_pixels or 28 * 28 * 1280)
         (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
