@@ -104,3 +104,19 @@ def test_random_weights_results_never_pass_for_the_real_model():
                          "model.name=qwen2_vl_7b+random"])
     assert again.model.name == "qwen2_vl_7b+random"
 
+
+def test_profile_counts_text_tokens_with_the_built_tokenizer(tmp_path, monkeypatch):
+    # a random-weights model's tokenizer is the one built here: `profile` must find it (the
+    # real checkpoint's id cannot be downloaded), or image tokens per item come out null
+    import numpy as np
+
+    from geoxray.infer.engine import Request
+    from geoxray.run.profile import text_token_counts
+    monkeypatch.setenv("GEOXRAY_CACHE", str(tmp_path))
+    image = np.zeros((8, 8, 3), np.uint8)
+    requests = [Request("k", "i", "pose_fixed", "", "<image>" * n + "Where is north?",
+                        [image] * n, ["u"] * n, ("N", "E"), "direction") for n in (1, 2)]
+    for override in ("model=qwen2_vl_2b", "model=llava_onevision_7b"):
+        cfg = load_config([override, "model.random_weights=true"])
+        counts = text_token_counts(cfg, requests)
+        assert counts is not None and counts[0] == counts[1] > 5  # images are not text

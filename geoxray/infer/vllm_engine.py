@@ -40,6 +40,15 @@ from geoxray.infer.tiny_model import resolve_model_path
 log = logging.getLogger(__name__)
 
 
+def model_folder(model: ModelConfig) -> str:
+    """The folder or id vLLM loads for `model`: a tiny model or a random-weights model built
+    here (cached), else model.path as given."""
+    if model.random_weights:
+        from geoxray.infer.random_model import ensure_random_model
+        return str(ensure_random_model(model.path, model.min_pixels, model.max_pixels))
+    return resolve_model_path(model.path, model.seed)
+
+
 def engine_args(model: ModelConfig) -> dict[str, Any]:
     """ModelConfig -> vLLM engine arguments (engine_kwargs win; their mm_processor_kwargs merge)."""
     if not model.path:
@@ -50,12 +59,9 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
         mm_kwargs["min_pixels"] = model.min_pixels
     if model.max_pixels is not None:
         mm_kwargs["max_pixels"] = model.max_pixels
+    path = model_folder(model)
     if model.random_weights:  # the real shapes, weights drawn by vLLM's dummy loader
-        from geoxray.infer.random_model import ensure_random_model
-        path = str(ensure_random_model(model.path, model.min_pixels, model.max_pixels))
         extra.setdefault("load_format", "dummy")
-    else:
-        path = resolve_model_path(model.path, model.seed)
     args: dict[str, Any] = dict(
         model=path, dtype=model.dtype,
         max_model_len=model.max_model_len, limit_mm_per_prompt={"image": model.limit_mm_per_prompt},

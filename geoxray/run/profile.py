@@ -179,9 +179,10 @@ def text_token_counts(cfg: Config, requests) -> list[int] | None:
         from transformers import AutoTokenizer
 
         from geoxray.infer.chat import IMAGE_MARK
-        from geoxray.infer.tiny_model import resolve_model_path
+        from geoxray.infer.vllm_engine import model_folder
 
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.path, cfg.model.seed),
+        # the folder vLLM loads: for random weights, the one built here (its tokenizer)
+        tok = AutoTokenizer.from_pretrained(model_folder(cfg.model),
                                             trust_remote_code=cfg.model.trust_remote_code)
         counts = []
         for r in requests:
