@@ -80,7 +80,7 @@ SHAPES: dict[str, tuple[str, dict, dict]] = {
 LLAVA_IMAGE_TOKENS = ("<image>", "<video>")
 LLAVA_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
                                             "<image>\n")
-MROPE_SECTION = [16, 24, 24]  # every checkpoint above: (t, h, w) of head_dim 128 / 2
+MROPE_SECTION = [16, 24, 24]  # every Qwen checkpoint above: (t, h, w) of head_dim 128 / 2
 
 
 def model_config(path: str):
