@@ -19,6 +19,8 @@ PUBLISHED_PARAMS = {
     "Qwen/Qwen2.5-VL-72B-Instruct": 73.4e9,
     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": 894e6,
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": 8.03e9,
+    "OpenGVLab/InternVL3-2B": 2.09e9,
+    "OpenGVLab/InternVL3-8B": 7.94e9,
 }
 
 
@@ -85,6 +87,41 @@ def test_llava_onevision_folder_counts_image_tokens_like_the_checkpoint(tmp_path
     assert 5 * per_image + 200 < cfg.model.max_model_len
 
 
+def test_internvl3_folder_tiles_images_like_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOXRAY_CACHE", str(tmp_path))
+    cfg = load_config(["model=internvl3_2b", "model.random_weights=true"])
+    from geoxray.infer.vllm_engine import engine_args
+    args = engine_args(cfg.model)
+    # the remote-code processor's option is built into the folder's processor instead
+    assert "max_dynamic_patch" not in (args["mm_processor_kwargs"] or {})
+    built = args["model"]
+    config = json.loads((tmp_path / "models" / built.rsplit("/", 1)[-1] / "config.json")
+                        .read_text())
+    assert config["architectures"] == ["InternVLForConditionalGeneration"]
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(built)
+    assert cfg.model.engine_kwargs["mm_processor_kwargs"]["max_dynamic_patch"] == 6
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def image_tokens(height: int, width: int) -> int:
+        image = Image.fromarray(np.zeros((height, width, 3), np.uint8))
+        ids = processor(images=[image], text=prompt, return_tensors="np")["input_ids"][0]
+        return int((ids == config["image_token_id"]).sum())
+
+    # InternVL's tiling by hand: the tile grid (at most 6 tiles) nearest the aspect ratio, a
+    # larger grid of the same ratio only if the image covers half its area; a thumbnail
+    # when tiled; 256 tokens a 448 px tile
+    assert image_tokens(512, 512) == 256  # 1x1 (2x2 would need 401,408 pixels)
+    assert image_tokens(512, 1024) == (2 + 1) * 256  # 2x1 + thumbnail
+    assert image_tokens(900, 900) == (4 + 1) * 256  # 2x2 (810,000 >= 401,408) + thumbnail
+    # five images at the budget fit the config's context
+    assert 5 * (6 + 1) * 256 + 200 < cfg.model.max_model_len
+
+
 def test_unknown_shapes_fail_at_start_naming_the_key():
     with pytest.raises(ConfigError, match="model.random_weights"):
         load_config(["model=internvl2_8b", "model.random_weights=true"])
@@ -116,7 +153,7 @@ def test_profile_counts_text_tokens_with_the_built_tokenizer(tmp_path, monkeypat
     image = np.zeros((8, 8, 3), np.uint8)
     requests = [Request("k", "i", "pose_fixed", "", "<image>" * n + "Where is north?",
                         [image] * n, ["u"] * n, ("N", "E"), "direction") for n in (1, 2)]
-    for override in ("model=qwen2_vl_2b", "model=llava_onevision_7b"):
+    for override in ("model=qwen2_vl_2b", "model=llava_onevision_7b", "model=internvl3_2b"):
         cfg = load_config([override, "model.random_weights=true"])
         counts = text_token_counts(cfg, requests)
         assert counts is not None and counts[0] == counts[1] > 5  # images are not text

@@ -45,7 +45,9 @@ def model_folder(model: ModelConfig) -> str:
     here (cached), else model.path as given."""
     if model.random_weights:
         from geoxray.infer.random_model import ensure_random_model
-        return str(ensure_random_model(model.path, model.min_pixels, model.max_pixels))
+        mm_kwargs = (model.engine_kwargs or {}).get("mm_processor_kwargs") or {}
+        return str(ensure_random_model(model.path, model.min_pixels, model.max_pixels,
+                                       max_tiles=mm_kwargs.get("max_dynamic_patch")))
     return resolve_model_path(model.path, model.seed)
 
 
@@ -62,6 +64,8 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
     path = model_folder(model)
     if model.random_weights:  # the real shapes, weights drawn by vLLM's dummy loader
         extra.setdefault("load_format", "dummy")
+        # InternVL's remote-code processor option, built into the random model's processor
+        mm_kwargs.pop("max_dynamic_patch", None)
     args: dict[str, Any] = dict(
         model=path, dtype=model.dtype,
         max_model_len=model.max_model_len, limit_mm_per_prompt={"image": model.limit_mm_per_prompt},
