@@ -116,12 +116,11 @@ def validate(raw: DictConfig | dict) -> Config:
     if cfg.model.engine in ("vllm", "openai") and not cfg.model.path:
         raise ConfigError(f"config key 'model.path': required for engine {cfg.model.engine}")
     if cfg.model.random_weights:
-        from geoxray.infer.random_model import SHAPES
+        from geoxray.infer.random_model import NAME_SUFFIX, SHAPES
         if cfg.model.engine != "vllm" or cfg.model.path not in SHAPES:
             raise ConfigError(f"config key 'model.random_weights': needs engine vllm and a "
                               f"model.path with known shapes ({', '.join(sorted(SHAPES))}); "
                               f"got {cfg.model.engine} {cfg.model.path!r}")
-        from geoxray.infer.random_model import NAME_SUFFIX
         if not cfg.model.name.endswith(NAME_SUFFIX):
             cfg.model.name += NAME_SUFFIX
     return cfg

@@ -89,16 +89,22 @@ SHAPES: dict[str, tuple[str, dict, dict]] = {
     "OpenGVLab/InternVL3-8B":
         ("internvl", _text(3584, 18944, 28, 28, 4, 151674, False), _INTERNVIT_300M),
 }
+
+
+def _chat_template(image_placeholder: str) -> str:
+    """Qwen's chat template (as in these checkpoints) with another image placeholder."""
+    return CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
+                                 image_placeholder)
+
+
 # LLaVA-OneVision's image placeholder, one per image (the processor expands it to the image's
-# anyres tokens); Qwen's chat template otherwise, as in its checkpoints.
+# anyres tokens).
 LLAVA_IMAGE_TOKENS = ("<image>", "<video>")
-LLAVA_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
-                                            "<image>\n")
+LLAVA_CHAT_TEMPLATE = _chat_template("<image>\n")
 # InternVL's: the processor expands <IMG_CONTEXT> to <img>, 256 tokens a tile, </img>.
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
                    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
-INTERNVL_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>",
-                                               "<IMG_CONTEXT>\n")
+INTERNVL_CHAT_TEMPLATE = _chat_template("<IMG_CONTEXT>\n")
 INTERNVL_MAX_TILES = 12  # the checkpoints' max_dynamic_patch
 MROPE_SECTION = [16, 24, 24]  # every Qwen checkpoint above: (t, h, w) of head_dim 128 / 2
 
