@@ -46,9 +46,9 @@ def run_build(variant: str, index: Path, images: Path | None, out: Path, num_cpu
         write_items(table, out)
         del table
     else:
-        from geoxray.bench.build_ray import build_items_ray
+        from geoxray.data.build_ray import build_items_ray
         from geoxray.config import RayConfig
-        from geoxray.run.raycluster import init_ray
+        from geoxray.ops.raycluster import init_ray
         init_ray(RayConfig(num_cpus=num_cpus, object_store_memory=object_store))
         ray_start_s = time.perf_counter() - started
         items = build_items_ray(index, images, out, problems)

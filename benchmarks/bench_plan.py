@@ -56,8 +56,8 @@ def main() -> int:
     args.out = args.out or str(ROOT / "benchmarks" / "results" / (
         "plan_check.json" if baseline else f"plan_check_{args.model}.json"))
 
-    from geoxray.run.plan import make_plan
-    from geoxray.run.sweep_spec import load_sweep
+    from geoxray.capacity.plan import make_plan
+    from geoxray.sweep.spec import load_sweep
 
     load_before = os.getloadavg()  # other work on the machine skews every timing here
     work = Path(tempfile.mkdtemp(prefix="geoxray-plan-check-"))
@@ -82,12 +82,12 @@ def main() -> int:
     cfg = load_config([f"model={args.model}", "data=synth_tiny", "run.progress=false"])
     prepare_benchmark(cfg)
     if cfg.model.path and cfg.model.path.startswith("tiny:"):
-        from geoxray.infer.tiny_model import resolve_model_path
+        from geoxray.models.tiny import resolve_model_path
         resolve_model_path(cfg.model.path, cfg.model.seed)
 
     # 1. the short profile
     profiles = work / "profiles"
-    profile_s = run([py, "-m", "geoxray.run.profile", f"model={args.model}", "data=synth_tiny",
+    profile_s = run([py, "-m", "geoxray.capacity.profile", f"model={args.model}", "data=synth_tiny",
                      *model, f"--items={args.profile_items}", "--stage-items=2",
                      f"--out={profiles}"], env)
     profile = json.loads(next(profiles.glob("*.json")).read_text())
@@ -101,7 +101,7 @@ def main() -> int:
     predicted = plan.wall_s
 
     # 3. the long sweep, measured: its points' wall times (what the plan predicts)
-    sweep_s = run([py, "-m", "geoxray.run.sweep", *axes, *model, *long_cap,
+    sweep_s = run([py, "-m", "geoxray.sweep.run", *axes, *model, *long_cap,
                    f"sweep.output_dir={work / 'sweep'}", "sweep.name=plan_check",
                    "--no-leaderboard"], env)
     state = json.loads((work / "sweep" / "sweep.json").read_text())

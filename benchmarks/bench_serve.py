@@ -119,7 +119,7 @@ def main() -> int:
 
     model = load_config([f"model={args.model}"]).model  # the project's loader: checked
     if model.path.startswith("tiny:"):
-        from geoxray.infer.tiny_model import ensure_tiny_qwen2vl
+        from geoxray.models.tiny import ensure_tiny_qwen2vl
         ensure_tiny_qwen2vl()
     paper = DecodeConfig(mode="paper", max_tokens=args.max_tokens)
     choice = DecodeConfig(mode="choice", max_tokens=args.max_tokens)

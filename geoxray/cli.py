@@ -72,7 +72,7 @@ def _cmd_report(args) -> int:
 def _cmd_serve(args) -> int:
     from geoxray.config import load_config
     from geoxray.infer.serve import start_model_app
-    from geoxray.run.raycluster import init_ray
+    from geoxray.ops.raycluster import init_ray
 
     cfg = load_config(args.overrides)
     if cfg.ray.address is None:
@@ -94,13 +94,13 @@ def _cmd_config(args) -> int:
 
 # Subcommands whose module parses its own arguments: name -> (module, function).
 DELEGATED = {
-    "sweep": ("geoxray.run.sweep", "main"),
-    "submit": ("geoxray.run.submit", "main"),
-    "status": ("geoxray.run.submit", "status_main"),
-    "logs": ("geoxray.run.submit", "logs_main"),
-    "stop": ("geoxray.run.submit", "stop_main"),
-    "profile": ("geoxray.run.profile", "main"),
-    "plan": ("geoxray.run.plan", "main"),
+    "sweep": ("geoxray.sweep.run", "main"),
+    "submit": ("geoxray.ops.submit", "main"),
+    "status": ("geoxray.ops.submit", "status_main"),
+    "logs": ("geoxray.ops.submit", "logs_main"),
+    "stop": ("geoxray.ops.submit", "stop_main"),
+    "profile": ("geoxray.capacity.profile", "main"),
+    "plan": ("geoxray.capacity.plan", "main"),
 }
 
 

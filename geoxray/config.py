@@ -116,7 +116,7 @@ def validate(raw: DictConfig | dict) -> Config:
     if cfg.model.engine in ("vllm", "openai") and not cfg.model.path:
         raise ConfigError(f"config key 'model.path': required for engine {cfg.model.engine}")
     if cfg.model.random_weights:
-        from geoxray.infer.random_model import NAME_SUFFIX, SHAPES
+        from geoxray.models.random_weights import NAME_SUFFIX, SHAPES
         if cfg.model.engine != "vllm" or cfg.model.path not in SHAPES:
             raise ConfigError(f"config key 'model.random_weights': needs engine vllm and a "
                               f"model.path with known shapes ({', '.join(sorted(SHAPES))}); "

@@ -62,7 +62,7 @@ def make_requests(n: int, seed: int = 0, tasks=TASKS, sizes=(112, 128)) -> list[
 
 @pytest.fixture(scope="session")
 def tiny_cfg() -> ModelConfig:
-    from geoxray.infer.tiny_model import ensure_tiny_qwen2vl
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
     ensure_tiny_qwen2vl()  # built once here, found by every engine below
     return load_model_config("tiny_qwen2vl")
 

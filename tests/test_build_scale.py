@@ -6,7 +6,7 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from geoxray.bench.build_ray import build_items_ray
+from geoxray.data.build_ray import build_items_ray
 from geoxray.bench.index import (BuildProblems, build_items, packaged_index_root, read_items,
                                  write_items)
 
@@ -44,7 +44,7 @@ def test_ray_build_hashes_images_like_the_in_memory_build(ray_cluster, tiny_benc
 
 def test_ray_build_is_deterministic_whatever_the_parallelism(ray_cluster, tiny_bench, tmp_path,
                                                              monkeypatch):
-    from geoxray.bench import build_ray
+    from geoxray.data import build_ray
 
     index = tiny_bench.items_path.parent / "index"
     assert len(build_ray.plan_tasks(build_ray.list_index_files(index), 8)) == 1

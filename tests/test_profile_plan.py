@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from geoxray.config import load_config
-from geoxray.run.plan import gpus_for_deadline, make_plan, write_plan
-from geoxray.run.plan_model import model_cost
-from geoxray.run.profile import profile_model, profile_path, write_profile
-from geoxray.run.sweep_spec import load_sweep
+from geoxray.capacity.plan import gpus_for_deadline, make_plan, write_plan
+from geoxray.capacity.plan_model import model_cost
+from geoxray.capacity.profile import profile_model, profile_path, write_profile
+from geoxray.sweep.spec import load_sweep
 
 # Two profiled models on an H100 (hand-written profiles, values chosen for hand arithmetic).
 A = dict(name="qwen2_vl_2b", params=2, tp=1, startup=100.0, paper=0.5, choice=0.25)

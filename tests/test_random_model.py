@@ -8,7 +8,7 @@ import json
 import pytest
 
 from geoxray.config import ConfigError, load_config
-from geoxray.infer.random_model import SHAPES, ensure_random_model, model_config
+from geoxray.models.random_weights import SHAPES, ensure_random_model, model_config
 
 # Sizes on the checkpoints' Hugging Face pages (safetensors parameter counts).
 PUBLISHED_PARAMS = {
@@ -148,7 +148,7 @@ def test_profile_counts_text_tokens_with_the_built_tokenizer(tmp_path, monkeypat
     import numpy as np
 
     from geoxray.infer.engine import Request
-    from geoxray.run.profile import text_token_counts
+    from geoxray.capacity.profile import text_token_counts
     monkeypatch.setenv("GEOXRAY_CACHE", str(tmp_path))
     image = np.zeros((8, 8, 3), np.uint8)
     requests = [Request("k", "i", "pose_fixed", "", "<image>" * n + "Where is north?",

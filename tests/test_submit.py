@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from geoxray.run import store
-from geoxray.run.localcluster import (_ephemeral_range, _PortPicker, cluster_processes,
+from geoxray.ops.localcluster import (_ephemeral_range, _PortPicker, cluster_processes,
                                       start_local_cluster)
-from geoxray.run.submit import (EXCLUDES, SubmitError, entrypoint, job_env, runtime_env)
+from geoxray.ops.submit import (EXCLUDES, SubmitError, entrypoint, job_env, runtime_env)
 
 ITEMS_PER_TASK = 3
 
@@ -66,7 +66,7 @@ def test_cluster_ports_never_collide():
 
 def test_entrypoint_quotes_overrides():
     entry = entrypoint("sweep", ["sweep=smoke", "sweep.output_dir=/shared/a b"])
-    assert entry == "python -m geoxray.run.sweep sweep=smoke 'sweep.output_dir=/shared/a b'"
+    assert entry == "python -m geoxray.sweep.run sweep=smoke 'sweep.output_dir=/shared/a b'"
 
 
 def test_cluster_manifests_hold_together():
@@ -125,7 +125,7 @@ def _cli(cluster, module_main: str, *args: str, timeout: float = 400) -> subproc
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS")}
     env.update(cluster.client_env())
-    code = f"import sys; from geoxray.run.submit import {module_main}; sys.exit({module_main}(sys.argv[1:]))"
+    code = f"import sys; from geoxray.ops.submit import {module_main}; sys.exit({module_main}(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 

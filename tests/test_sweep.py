@@ -14,8 +14,8 @@ import pytest
 from geoxray.config import Config, ConfigError, conf_dir
 from geoxray.infer.config import ModelConfig
 from geoxray.run import store
-from geoxray.run.sweep import (ModelGroup, PlannedPoint, run_sweep, schedule)
-from geoxray.run.sweep_spec import SweepPoint, Variant, load_sweep
+from geoxray.sweep.run import (ModelGroup, PlannedPoint, run_sweep, schedule)
+from geoxray.sweep.spec import SweepPoint, Variant, load_sweep
 from geoxray.score.tables import task_label
 
 ITEMS_PER_TASK = 4

@@ -81,7 +81,7 @@ def test_tiny_model_builders_racing_leave_one_folder(tmp_path, monkeypatch):
     import threading
     import time
 
-    from geoxray.infer import tiny_model
+    from geoxray.models import tiny as tiny_model
     calls = []
 
     def slow_build(spec, out):
@@ -109,7 +109,7 @@ def test_tiny_model_builders_racing_leave_one_folder(tmp_path, monkeypatch):
 
 
 def test_tiny_model_path_resolution():
-    from geoxray.infer.tiny_model import resolve_model_path
+    from geoxray.models.tiny import resolve_model_path
     assert resolve_model_path("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
     with pytest.raises(ValueError, match="tiny:qwen2vl"):
         resolve_model_path("tiny:llama")
@@ -128,7 +128,7 @@ def _hf_prompt(model_dir: Path, request):
 
 @pytest.mark.vllm
 def test_paper_mode_answers_every_request_and_counts_tokens(vllm_engine, paper_decode):
-    from geoxray.infer.tiny_model import ensure_tiny_qwen2vl
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
     requests = make_requests(14, seed=1)
     replies = vllm_engine.generate(requests, paper_decode)
     assert len(replies) == len(requests)
@@ -182,7 +182,7 @@ def test_option_probabilities_match_a_transformers_forward_pass(vllm_engine, cho
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from geoxray.infer.tiny_model import ensure_tiny_qwen2vl
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
     model_dir = ensure_tiny_qwen2vl()
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     # pose (single-token options), intra-map (options sharing first tokens), cross-map (5 images)

@@ -206,7 +206,7 @@ def build_items(index_root: Path | None = None, image_root: Path | None = None,
                 problems: BuildProblems | None = None) -> pa.Table:
     """All items of an index root as an Arrow table sorted by image set (so a stream of
     items visits each image set once), built in memory (fine up to a few 100k items; see
-    `geoxray.bench.build_ray` for the streaming build). With an image root, image content
+    `geoxray.data.build_ray` for the streaming build). With an image root, image content
     hashes are filled in; a missing image file leaves its hash ""."""
     index_root = Path(index_root) if index_root else packaged_index_root()
     problems = problems if problems is not None else BuildProblems()

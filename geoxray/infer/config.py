@@ -14,7 +14,7 @@ class ModelConfig:
     seed: int = 0
     # vLLM (engine: vllm)
     # the architecture of `path` with random weights, built offline (no download): a real
-    # model's compute for profiling and planning (geoxray/infer/random_model.py)
+    # model's compute for profiling and planning (geoxray/models/random_weights.py)
     random_weights: bool = False
     dtype: str = "auto"
     max_model_len: int = 4096

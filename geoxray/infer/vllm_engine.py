@@ -35,7 +35,7 @@ from geoxray.infer.chat import chat_messages, option_text
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Reply, Request
 from geoxray.infer.option_scores import Prefix, build_trie, normalise, option_logprobs
-from geoxray.infer.tiny_model import resolve_model_path
+from geoxray.models.tiny import resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def model_folder(model: ModelConfig) -> str:
     """The folder or id vLLM loads for `model`: a tiny model or a random-weights model built
     here (cached), else model.path as given."""
     if model.random_weights:
-        from geoxray.infer.random_model import ensure_random_model
+        from geoxray.models.random_weights import ensure_random_model
         mm_kwargs = (model.engine_kwargs or {}).get("mm_processor_kwargs") or {}
         return str(ensure_random_model(model.path, model.min_pixels, model.max_pixels,
                                        max_tiles=mm_kwargs.get("max_dynamic_patch")))

@@ -14,7 +14,7 @@ from geoxray.bench.index import (BuildProblems, build_items, index_bytes, packag
 from geoxray.config import Config, ConfigError, cache_dir
 
 # From this much index JSON on (~130-180k items at ~55-80 bytes of JSON per item), items are
-# built by the streaming Ray Data job (geoxray/bench/build_ray.py): the in-memory build's
+# built by the streaming Ray Data job (geoxray/data/build_ray.py): the in-memory build's
 # one process grows ~1.2 KB per item (~1 GB heap at 755,976), the Ray job's driver heap stays
 # ~190 MB and each worker's ~200 MB, however many items. On ONE small machine that buys
 # nothing (all of Ray's processes together: ~2.0 GB vs ~1.0 GB PSS, 0.86x the speed); it bounds
@@ -49,8 +49,8 @@ def _build_from_index(cfg: Config, index_root: Path, image_root: Path | None, ou
     items_path = out / "items.parquet"
     builder = items_builder(index_root)
     if builder == "ray":
-        from geoxray.bench.build_ray import build_items_ray
-        from geoxray.run.raycluster import init_ray
+        from geoxray.data.build_ray import build_items_ray
+        from geoxray.ops.raycluster import init_ray
         init_ray(cfg.ray)  # a no-op when Ray is up already (a Ray job, a test session)
         n_items = build_items_ray(index_root, image_root, items_path, problems,
                                   progress=cfg.run.progress)

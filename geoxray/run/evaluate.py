@@ -21,7 +21,7 @@ from geoxray.config import Config
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.run import store
 from geoxray.run.benchmark import Benchmark, prepare_benchmark
-from geoxray.run.raycluster import init_ray
+from geoxray.ops.raycluster import init_ray
 
 # Model settings that can change an answer (replica counts, timeouts etc. cannot).
 _MODEL_IDENTITY = ("name", "engine", "path", "seed", "dtype", "min_pixels", "max_pixels",

@@ -8,8 +8,8 @@ RAY_AUTH_TOKEN_PATH). Each cluster lives in its own temp dir, and `stop` ends ex
 command line names that dir: never `ray stop`, which ends every Ray process on the machine
 (including a test session's own cluster or a colleague's).
 
-    python -m geoxray.run.localcluster start --nodes 2 --cpus 1   # prints address and dir
-    python -m geoxray.run.localcluster stop /tmp/geoxray-cluster-XXXX
+    python -m geoxray.ops.localcluster start --nodes 2 --cpus 1   # prints address and dir
+    python -m geoxray.ops.localcluster stop /tmp/geoxray-cluster-XXXX
 """
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def stop_local_cluster(temp_dir: str, grace_s: float = 10.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m geoxray.run.localcluster")
+    parser = argparse.ArgumentParser(prog="python -m geoxray.ops.localcluster")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("start")
     p.add_argument("--nodes", type=int, default=2)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         print(f"submit: geoxray submit --address {cluster.dashboard_url} -- eval ...",
               file=sys.stderr)
-        print(f"stop:   python -m geoxray.run.localcluster stop {cluster.temp_dir}",
+        print(f"stop:   python -m geoxray.ops.localcluster stop {cluster.temp_dir}",
               file=sys.stderr)
         return 0
     print(f"stopped {stop_local_cluster(args.temp_dir)} processes")

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geoxray.config import Config, ConfigError
-from geoxray.run.plan_model import ModelCost, model_cost
-from geoxray.run.sweep_spec import SweepSpec, load_sweep
+from geoxray.capacity.plan_model import ModelCost, model_cost
+from geoxray.sweep.spec import SweepSpec, load_sweep
 
 
 @dataclass
@@ -108,7 +108,7 @@ def model_plans(spec: SweepSpec, device: str, profiles: Path,
                 gpu_memory_gb: float | None = None) -> tuple[list[ModelPlan], list[ModelCost],
                                                              list[str]]:
     """One ModelPlan per model of the sweep (work not yet divided among replicas)."""
-    from geoxray.run.sweep import plan_points
+    from geoxray.sweep.run import plan_points
 
     notes: list[str] = []
     counted: dict[str, tuple[int, str]] = {}

@@ -23,7 +23,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from geoxray.infer.tiny_model import (CHAT_TEMPLATE, SPECIAL_TOKENS, build_cached,
+from geoxray.models.tiny import (CHAT_TEMPLATE, SPECIAL_TOKENS, build_cached,
                                       build_image_processor, build_tokenizer, default_cache_root)
 
 BUILD_FORMAT = 3

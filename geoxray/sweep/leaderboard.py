@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geoxray.run import store
-from geoxray.run.sweep_spec import SweepSpec
+from geoxray.sweep.spec import SweepSpec
 
 # What scoring reads; reply text and error details stay on disk (they dominate the size).
 SCORE_COLUMNS = ["key", "item_id", "model", "decode", "task", "instance", "location", "crop",

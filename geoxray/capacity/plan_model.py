@@ -100,13 +100,13 @@ def min_tp(memory_gb: float | None, gpu_memory_gb: float, configured: int) -> in
 
 
 def find_profile(model: str, device: str, folder: Path) -> Path | None:
-    from geoxray.run.profile import profile_path
+    from geoxray.capacity.profile import profile_path
     path = profile_path(model, device, folder)
     return path if path.is_file() else None
 
 
 def device_profiles(device: str, folder: Path) -> list[dict[str, Any]]:
-    from geoxray.run.profile import read_profile
+    from geoxray.capacity.profile import read_profile
     found = []
     for path in sorted(Path(folder).glob(f"*-{device}.json")):
         try:
@@ -146,7 +146,7 @@ def model_cost(model: ModelConfig, device: str, folder: Path,
         cost = ModelCost(model.name, model.engine, "api", note="API model: no GPU; not "
                          "planned", device=device)
     elif path is not None:
-        from geoxray.run.profile import read_profile
+        from geoxray.capacity.profile import read_profile
         cost = cost_from_profile(model, read_profile(path))
         cost.note = f"profile {path.name}"
     elif not uses_gpu and model.engine != "vllm":  # a baseline: no model at all

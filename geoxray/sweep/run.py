@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from geoxray.config import Config, ConfigError, load_config
-from geoxray.run.sweep_spec import SweepPoint, SweepSpec, Variant, load_sweep
-from geoxray.run.sweep_state import SweepState, now
+from geoxray.sweep.spec import SweepPoint, SweepSpec, Variant, load_sweep
+from geoxray.sweep.state import SweepState, now
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ def run_sweep(spec: SweepSpec, *, gpus: float | None = None, evaluate: Evaluate 
               leaderboard: bool = True) -> SweepResult:
     """Run (or resume) a sweep; returns where everything went and what happened."""
     from geoxray.run.benchmark import prepare_benchmark
-    from geoxray.run.leaderboard import write_leaderboard
-    from geoxray.run.raycluster import init_ray
+    from geoxray.sweep.leaderboard import write_leaderboard
+    from geoxray.ops.raycluster import init_ray
 
     sweep_dir = spec.out_dir()
     groups = plan_points(spec, sweep_dir)

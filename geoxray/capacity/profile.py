@@ -63,7 +63,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from geoxray.config import Config, ConfigError, load_config
-from geoxray.infer.random_model import real_name
+from geoxray.models.random_weights import real_name
 
 PROFILE_FORMAT = 1
 DEFAULT_DIR = Path("profiles")
@@ -267,7 +267,7 @@ def profile_mode(cfg: Config, bench, items: int, stage_items: int, scratch: Path
                  ) -> tuple[dict[str, Any], float]:
     """One decode mode; returns (mode profile, engine start-up seconds)."""
     from geoxray.infer import engine_builder as make_builder
-    from geoxray.run.profile_stages import time_stages
+    from geoxray.capacity.profile_stages import time_stages
 
     selected = selected_rows(bench.items_path, cfg)
     rows = tail_rows(selected, cfg, stage_items)
@@ -330,7 +330,7 @@ def profile_model(configs: list[Config], items: int = 16, stage_items: int = 4,
                   device: str | None = None) -> dict[str, Any]:
     """Profile one model in each of `configs` (same model, one decode mode each)."""
     from geoxray.run.benchmark import prepare_benchmark
-    from geoxray.run.raycluster import init_ray
+    from geoxray.ops.raycluster import init_ray
 
     first = configs[0]
     if any(c.model.name != first.model.name for c in configs):
@@ -347,7 +347,7 @@ def profile_model(configs: list[Config], items: int = 16, stage_items: int = 4,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     m = first.model
-    from geoxray.run.plan_model import params_billion
+    from geoxray.capacity.plan_model import params_billion
     return {
         "geoxray_profile": PROFILE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -28,8 +28,8 @@ from pathlib import Path
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 COMMANDS = {  # geoxray command -> the module the job's driver runs
     "eval": ["-m", "geoxray.cli", "eval"],
-    "sweep": ["-m", "geoxray.run.sweep"],
-    "profile": ["-m", "geoxray.run.profile"],
+    "sweep": ["-m", "geoxray.sweep.run"],
+    "profile": ["-m", "geoxray.capacity.profile"],
 }
 EXCLUDES = [".git", ".venv", "venv", "runs/", "profiles/*.tmp", "**/__pycache__", "*.egg-info",
             ".pytest_cache", ".mypy_cache", ".ruff_cache", ".cache/", "cache/", ".ci/",
