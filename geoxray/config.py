@@ -12,9 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from geoxray.infer.config import DecodeConfig, ModelConfig
+from geoxray.infer.registry import ENGINE_KINDS, engine_kind
 
 DATA_KINDS = ("synthetic", "geoxbench", "index", "items", "sources")
-ENGINES = ("random", "constant", "prior", "vllm", "openai")
+ENGINES = tuple(ENGINE_KINDS)
 DECODE_MODES = ("paper", "choice")
 
 
@@ -113,11 +114,11 @@ def validate(raw: DictConfig | dict) -> Config:
         from geoxray.bench.tasks import TASK_BY_NAME
         for name in cfg.run.tasks:
             _check_choice("run.tasks", name, tuple(TASK_BY_NAME))
-    if cfg.model.engine in ("vllm", "openai") and not cfg.model.path:
+    if engine_kind(cfg.model.engine).needs_path and not cfg.model.path:
         raise ConfigError(f"config key 'model.path': required for engine {cfg.model.engine}")
     if cfg.model.random_weights:
         from geoxray.models.random_weights import NAME_SUFFIX, SHAPES
-        if cfg.model.engine != "vllm" or cfg.model.path not in SHAPES:
+        if not engine_kind(cfg.model.engine).local_weights or cfg.model.path not in SHAPES:
             raise ConfigError(f"config key 'model.random_weights': needs engine vllm and a "
                               f"model.path with known shapes ({', '.join(sorted(SHAPES))}); "
                               f"got {cfg.model.engine} {cfg.model.path!r}")

@@ -11,7 +11,8 @@ import pytest
 from geoxray.config import load_config
 from geoxray.capacity.plan import gpus_for_deadline, make_plan, write_plan
 from geoxray.capacity.plan_model import model_cost
-from geoxray.capacity.profile import profile_model, profile_path, write_profile
+from geoxray.capacity.profile import profile_model
+from geoxray.capacity.profile_file import profile_path, write_profile
 from geoxray.sweep.spec import load_sweep
 
 # Two profiled models on an H100 (hand-written profiles, values chosen for hand arithmetic).

@@ -109,6 +109,38 @@ def test_a_model_larger_than_the_cluster_still_runs_alone():
     assert sorted(order) == ["big", "small"]
 
 
+# --- stopping a model's app ------------------------------------------------------------------------
+def test_a_models_serve_app_stops_when_its_points_are_done(ray_cluster, tmp_path):
+    from pathlib import Path
+
+    from ray import serve
+
+    from geoxray.infer.serve import app_name_for, stop_model_app
+    from geoxray.sweep.run import run_group
+    from geoxray.sweep.state import SweepState
+
+    group = _group("served", 1)  # a vLLM model: its engine runs as a Serve app
+    cfg = group.points[0].cfg
+    cfg.output_dir = str(tmp_path / "point")
+    name = app_name_for(cfg.model)
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class StandIn:  # an app under the model's name, without loading a model
+        def __call__(self) -> str:
+            return "ok"
+
+    def evaluate(point_cfg):  # a point's run: the model's app is up while it runs
+        serve.start(proxy_location="Disabled")
+        serve.run(StandIn.bind(), name=name, route_prefix=None)
+        Path(point_cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        return point_cfg.output_dir
+
+    statuses = run_group(group, SweepState(tmp_path, "stop"), evaluate)
+    assert statuses == {group.points[0].name: "done"}
+    assert name not in serve.status().applications
+    assert stop_model_app(cfg.model) is False  # nothing left to stop
+
+
 # --- a real sweep ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory, geoxray_cache):

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geoxray.capacity.profile_file import profile_path, read_profile
 from geoxray.infer.config import ModelConfig
+from geoxray.infer.registry import ENGINE_KINDS, engine_kind, gpus_per_replica
 
 # Models whose id carries no size (billions of parameters, language + vision).
 KNOWN_PARAMS_B = {"phi-3.5-vision": 4.2, "phi3.5_vision": 4.2, "phi3_5_vision": 4.2,
@@ -100,13 +102,11 @@ def min_tp(memory_gb: float | None, gpu_memory_gb: float, configured: int) -> in
 
 
 def find_profile(model: str, device: str, folder: Path) -> Path | None:
-    from geoxray.capacity.profile import profile_path
     path = profile_path(model, device, folder)
     return path if path.is_file() else None
 
 
 def device_profiles(device: str, folder: Path) -> list[dict[str, Any]]:
-    from geoxray.capacity.profile import read_profile
     found = []
     for path in sorted(Path(folder).glob(f"*-{device}.json")):
         try:
@@ -123,8 +123,10 @@ def cost_from_profile(model: ModelConfig, profile: dict[str, Any]) -> ModelCost:
                      startup_s=float(profile.get("engine_startup_s") or 0.0),
                      tp_basis=max(1, int(profile["model_config"].get("tensor_parallel_size")
                                          or 1)))
-    # Engines inside the stage workers run `concurrency` at a time (one worker was timed).
-    workers = 1 if model.engine == "vllm" else max(1, int(profile["run"].get("concurrency") or 1))
+    # Engines inside the stage workers run `concurrency` at a time (one worker was timed);
+    # a Serve app's replicas are fed by one worker's batch.
+    workers = 1 if engine_kind(model.engine).serve_app else max(
+        1, int(profile["run"].get("concurrency") or 1))
     cost.startup_s += max((float(p.get("cold_start_s") or 0.0)
                            for p in profile["modes"].values()), default=0.0)
     for mode, p in profile["modes"].items():
@@ -139,17 +141,17 @@ def cost_from_profile(model: ModelConfig, profile: dict[str, Any]) -> ModelCost:
 def model_cost(model: ModelConfig, device: str, folder: Path,
                gpu_memory_gb: float | None = None) -> ModelCost:
     """The cost of `model` on `device` ("h100", "cpu", ...): profiled, else estimated."""
-    uses_gpu = model.engine == "vllm" and model.gpus_per_replica > 0
+    kind = engine_kind(model.engine)
+    uses_gpu = gpus_per_replica(model) > 0
     gpu_mem = gpu_memory_gb or DEVICES.get(device, (0, 0, 80))[2]
     path = find_profile(model.name, device, folder)
-    if model.engine == "openai":
+    if kind.cost == "api":
         cost = ModelCost(model.name, model.engine, "api", note="API model: no GPU; not "
                          "planned", device=device)
     elif path is not None:
-        from geoxray.capacity.profile import read_profile
         cost = cost_from_profile(model, read_profile(path))
         cost.note = f"profile {path.name}"
-    elif not uses_gpu and model.engine != "vllm":  # a baseline: no model at all
+    elif kind.cost == "baseline":  # no model at all
         cost = ModelCost(model.name, model.engine, "estimate: baseline", device=device,
                          note="no profile; baseline cost taken as negligible",
                          per_item_s={"paper": 1e-3, "choice": 1e-3})
@@ -173,6 +175,12 @@ def model_cost(model: ModelConfig, device: str, folder: Path,
     return cost
 
 
+def _is_model_cost(engine: str | None) -> bool:
+    """A profile of a real model (not a baseline or an API): a reference for estimates."""
+    kind = ENGINE_KINDS.get(engine or "")
+    return kind is not None and kind.cost == "model"
+
+
 def _estimate(model: ModelConfig, device: str, folder: Path) -> ModelCost:
     params = params_billion(model)
     cost = ModelCost(model.name, model.engine, "unknown", device=device, params_b=params)
@@ -181,7 +189,7 @@ def _estimate(model: ModelConfig, device: str, folder: Path) -> ModelCost:
         return cost
     cost.startup_s = ASSUMED_STARTUP_S[0] + ASSUMED_STARTUP_S[1] * params
     refs = [p for p in device_profiles(device, folder)
-            if p.get("engine") == "vllm" and p.get("params_b")]
+            if _is_model_cost(p.get("engine")) and p.get("params_b")]
     if refs:  # the profiled model nearest in size, scaled by parameters
         ref = min(refs, key=lambda p: abs(math.log(p["params_b"] / params)))
         base = cost_from_profile(model, ref)

@@ -62,25 +62,20 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from geoxray.capacity.plan_model import params_billion
+from geoxray.capacity.profile_file import DEFAULT_DIR, PROFILE_FORMAT, slug, write_profile
 from geoxray.config import Config, ConfigError, load_config
+from geoxray.infer.registry import close_engine, engine_kind, gpus_per_replica
 from geoxray.models.random_weights import real_name
-
-PROFILE_FORMAT = 1
-DEFAULT_DIR = Path("profiles")
 
 
 # --- where we are ------------------------------------------------------------------------------
-def slug(text: str) -> str:
-    """A file-name-safe label: lower case, [a-z0-9_.] kept, anything else as "-"."""
-    return re.sub(r"[^a-z0-9_.]+", "-", text.lower()).strip("-.") or "unknown"
-
-
 def device_info(cfg: Config, override: str | None = None) -> dict[str, Any]:
     """The device the model's engine runs on: the cluster's GPU type for a GPU model (Ray's
     `accelerator_type:*` resource, else torch's device name), else the CPU."""
     info: dict[str, Any] = {"kind": "cpu", "name": _cpu_name(), "count": os.cpu_count(),
                             "memory_gb": None}
-    if cfg.model.engine == "vllm" and cfg.model.gpus_per_replica > 0:
+    if gpus_per_replica(cfg.model) > 0:
         info.update(kind="gpu", name="gpu", count=None)
         try:
             import ray
@@ -118,10 +113,6 @@ def _gpu_slug(name: str) -> str:
     """"NVIDIA H100 80GB HBM3" -> "h100"; unknown names slugged whole."""
     m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name.upper())
     return m.group(1).lower() if m else slug(name)
-
-
-def profile_path(model_name: str, device_slug: str, folder: str | Path = DEFAULT_DIR) -> Path:
-    return Path(folder) / f"{slug(model_name)}-{device_slug}.json"
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -173,16 +164,16 @@ def warmup_rows(selected: list[dict], timed: list[dict]) -> list[dict]:
 def text_token_counts(cfg: Config, requests) -> list[int] | None:
     """Tokens of each request's prompt without its images (chat template applied), from the
     model's own tokenizer; None where there is no tokenizer (baselines, API models)."""
-    if cfg.model.engine != "vllm" or not requests:
+    tokenizer_folder = engine_kind(cfg.model.engine).tokenizer_folder
+    if tokenizer_folder is None or not requests:
         return None
     try:
         from transformers import AutoTokenizer
 
         from geoxray.infer.chat import IMAGE_MARK
-        from geoxray.infer.vllm_engine import model_folder
 
-        # the folder vLLM loads: for random weights, the one built here (its tokenizer)
-        tok = AutoTokenizer.from_pretrained(model_folder(cfg.model),
+        # the folder the engine loads: for random weights, the one built here (its tokenizer)
+        tok = AutoTokenizer.from_pretrained(tokenizer_folder(cfg.model),
                                             trust_remote_code=cfg.model.trust_remote_code)
         counts = []
         for r in requests:
@@ -281,9 +272,12 @@ def profile_mode(cfg: Config, bench, items: int, stage_items: int, scratch: Path
     builder = make_builder(cfg.model, cfg.decode, dict(gold))
     engine = builder()
     startup = time.perf_counter() - t0
-    stages = time_stages(rows, lambda: engine, str(bench.image_root), cfg.model.name,
-                         cfg.decode.mode, cfg.run.batch_size, cfg.run.image_cache_size,
-                         warmup_rows=warmup_rows(selected, rows))
+    try:
+        stages = time_stages(rows, lambda: engine, str(bench.image_root), cfg.model.name,
+                             cfg.decode.mode, cfg.run.batch_size, cfg.run.image_cache_size,
+                             warmup_rows=warmup_rows(selected, rows))
+    finally:
+        close_engine(engine)
     per_item = sum(v for k, v in stages.stage_s_per_item.items() if k != "write")
     replies = stages.replies
     prompt = _mean(r.prompt_tokens or None for r in replies)
@@ -347,7 +341,6 @@ def profile_model(configs: list[Config], items: int = 16, stage_items: int = 4,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     m = first.model
-    from geoxray.capacity.plan_model import params_billion
     return {
         "geoxray_profile": PROFILE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -366,22 +359,6 @@ def profile_model(configs: list[Config], items: int = 16, stage_items: int = 4,
         "engine_startup_s": round(startups[0], 3),
         "modes": modes,
     }
-
-
-def write_profile(profile: dict[str, Any], folder: str | Path = DEFAULT_DIR) -> Path:
-    path = profile_path(profile["model"], profile["device"]["slug"], folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(profile, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_profile(path: str | Path) -> dict[str, Any]:
-    profile = json.loads(Path(path).read_text())
-    if profile.get("geoxray_profile") != PROFILE_FORMAT:
-        raise ValueError(f"{path}: not a geoxray profile (format {PROFILE_FORMAT})")
-    return profile
 
 
 # --- command line ------------------------------------------------------------------------------

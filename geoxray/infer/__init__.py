@@ -1,33 +1,12 @@
-"""Engines: which backend answers, chosen by `model.engine`."""
+"""Engines: which backend answers, chosen by `model.engine` (see `registry.py`)."""
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
-
-from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Engine, Reply, Request
+from geoxray.infer.registry import (ENGINE_KINDS, EngineKind, close_engine, engine_kind,
+                                    gpus_per_replica, start_engine, stop_engine)
 
-BASELINES = ("random", "constant", "prior")
+# The name the run and the profiler have always called: start an engine, get its builder.
+engine_builder = start_engine
 
-
-def engine_builder(model: ModelConfig, decode: DecodeConfig,
-                   gold_marginals: dict[str, dict[str, float]] | None = None
-                   ) -> Callable[[], Engine]:
-    """Runs on the driver (it may start a Serve app); returns a picklable zero-argument
-    callable that builds the engine inside each Ray Data worker."""
-    if model.engine in BASELINES:
-        from geoxray.infer.baselines import BaselineEngine
-        return partial(BaselineEngine, model.engine, decode.mode, model.seed, gold_marginals or {},
-                       latency_s=float(model.engine_kwargs.get("latency_s", 0.0)))
-    if model.engine == "vllm":
-        from geoxray.infer.serve import ServeEngine, start_model_app
-        app_name = start_model_app(model, decode)
-        return partial(ServeEngine, app_name, decode, timeout_s=model.request_timeout_s,
-                       retries=model.retries, max_in_flight=model.max_in_flight)
-    if model.engine == "openai":
-        from geoxray.infer.openai_engine import OpenAIEngine
-        return partial(OpenAIEngine, model, decode)
-    raise ValueError(f"config key 'model.engine': unknown engine {model.engine!r}")
-
-
-__all__ = ["Engine", "Reply", "Request", "engine_builder", "BASELINES"]
+__all__ = ["Engine", "Reply", "Request", "ENGINE_KINDS", "EngineKind", "engine_builder",
+           "engine_kind", "gpus_per_replica", "start_engine", "stop_engine", "close_engine"]

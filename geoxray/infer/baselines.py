@@ -13,6 +13,8 @@ import numpy as np
 from geoxray.bench.tasks import get_task
 from geoxray.infer.engine import Reply, Request
 
+KINDS = ("random", "constant", "prior")
+
 
 def _item_rng(seed: int, item_id: str) -> np.random.Generator:
     digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
@@ -31,7 +33,7 @@ class BaselineEngine:
     latency_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("random", "constant", "prior"):
+        if self.kind not in KINDS:
             raise ValueError(f"model.engine: unknown baseline {self.kind!r}")
         self.name = self.kind
 

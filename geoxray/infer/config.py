@@ -11,6 +11,9 @@ class ModelConfig:
     name: str = "random"  # the model's name in results and tables
     engine: str = "random"  # random | constant | prior | vllm | openai
     path: Optional[str] = None  # HF id or local dir; "tiny:qwen2vl" builds the test model
+    # fine-tuned weights (e.g. a LoRA folder) on top of `path`: part of the model's identity,
+    # so its answers never mix with the base model's (no engine loads adapters yet)
+    adapter: Optional[str] = None
     seed: int = 0
     # vLLM (engine: vllm)
     # the architecture of `path` with random weights, built offline (no download): a real

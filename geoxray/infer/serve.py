@@ -85,15 +85,21 @@ class VLLMReplica:
         await self.engine.check_health()  # a dead engine fails it; Serve replaces the replica
 
 
+def replica_gpus(model: ModelConfig) -> float:
+    """GPUs one replica holds: none on CPU, else model.gpus_per_replica, at least the
+    tensor parallel size (vLLM's TP workers live in the replica)."""
+    if model.gpus_per_replica <= 0:
+        return 0.0
+    return max(float(model.gpus_per_replica), float(model.tensor_parallel_size))
+
+
 def build_app(model: ModelConfig, decode: DecodeConfig | None = None):
     from ray import serve
 
-    gpus = model.gpus_per_replica
-    if gpus and model.tensor_parallel_size > gpus:  # vLLM's TP workers live in this replica
-        gpus = float(model.tensor_parallel_size)
     deployment = serve.deployment(
         VLLMReplica, name="vllm", num_replicas=model.num_replicas,
-        ray_actor_options={"num_cpus": model.cpus_per_replica, "num_gpus": gpus},
+        ray_actor_options={"num_cpus": model.cpus_per_replica,
+                           "num_gpus": replica_gpus(model)},
         max_ongoing_requests=max(8, model.max_in_flight),
         health_check_period_s=10.0, health_check_timeout_s=60.0,
         graceful_shutdown_timeout_s=20.0)
@@ -124,6 +130,18 @@ def start_model_app(model_cfg: Any, decode_cfg: Any = None, wait_s: float = 1800
     serve.run(build_app(model, as_decode_config(decode_cfg)), name=name, route_prefix=None)
     log.info("started Serve app %s in %.1fs", name, time.perf_counter() - t0)
     return name
+
+
+def stop_model_app(model_cfg: Any) -> bool:
+    """Delete this model's Serve app (its replicas and their GPUs); False when none runs."""
+    from ray import serve
+
+    name = app_name_for(as_model_config(model_cfg))
+    if name not in serve.status().applications:  # also when Serve itself is not running
+        return False
+    serve.delete(name)
+    log.info("stopped Serve app %s", name)
+    return True
 
 
 def _retryable(reply: Reply) -> bool:

@@ -17,6 +17,7 @@ from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import get_task
 from geoxray.infer.engine import Engine, Reply, Request
 from geoxray.infer.images import ImageCache, ImageError, crop_view
+from geoxray.infer.registry import close_engine
 from geoxray.score.parse import parse_reply
 
 
@@ -29,6 +30,16 @@ class PredictStage:
         self.images = ImageCache(image_root, capacity=image_cache_size)
         self.model_name = model_name
         self.decode_mode = decode_mode
+
+    def close(self) -> None:
+        """Release the engine's own resources (client threads). Ray Data deletes the stage
+        when its actor exits, which calls this."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            close_engine(engine)
+
+    def __del__(self) -> None:
+        self.close()
 
     def build_request(self, row: dict) -> Request:
         task = get_task(row["task"])
@@ -62,7 +73,8 @@ class PredictStage:
                     raise RuntimeError(f"engine answered {len(answered)} of {len(requests)}")
             except Exception as exc:  # a broken engine marks the batch, the run goes on
                 detail = f"{exc.__class__.__name__}: {exc}"[:500]
-                answered = [Reply(error=detail, extra={"reason": "engine_error"})] * len(requests)
+                answered = [Reply(error=detail, extra={"reason": "engine_error"})
+                            for _ in requests]  # one each: the loop below sets latency_s
             per_item = (time.perf_counter() - started) / len(requests)
             for i, reply in zip(positions, answered):
                 if not reply.latency_s:

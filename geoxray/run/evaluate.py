@@ -115,6 +115,7 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     import ray
 
     from geoxray.infer import engine_builder as make_builder
+    from geoxray.infer import engine_kind
     from geoxray.infer.stage import PredictStage
 
     builder = engine_builder or make_builder(cfg.model, cfg.decode, selection.gold_marginals)
@@ -133,7 +134,7 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
     ds = ds.map_batches(
         PredictStage, batch_format="pyarrow", batch_size=cfg.run.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.run.concurrency),
-        num_cpus=0.25 if cfg.model.engine in ("vllm", "openai") else 0.5,
+        num_cpus=engine_kind(cfg.model.engine).worker_cpus,
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
                                    image_cache_size=cfg.run.image_cache_size))

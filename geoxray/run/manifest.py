@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -29,6 +30,45 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+# Words that make an argument's value a secret (`model.api_key_env` names a variable: kept).
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "credential", "credentials", "auth",
+                 "apikey"}
+# Values that look like credentials whatever their name (OpenAI, Hugging Face, GitHub, AWS,
+# bearer tokens).
+_SECRET_VALUE = re.compile(r"^(sk-|hf_|gh[pousr]_|AKIA|Bearer\s)")
+REDACTED = "<redacted>"
+
+
+def _secret_name(name: str) -> bool:
+    """`api_key`, `--api-key`, `model.engine_kwargs.hf_token`, `password`: yes;
+    `keyword`, `decode.max_tokens`, `model.api_key_env`, `author`: no."""
+    words = re.split(r"[_-]+", name.lstrip("-+~").rsplit(".", 1)[-1].lower())
+    if words[-1] == "env":
+        return False
+    pairs = {a + b for a, b in zip(words, words[1:])}
+    return bool(_SECRET_WORDS.intersection(words) or "apikey" in pairs)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with secret values replaced: `name=value`, `--name=value` and
+    `--name value` where the name says secret, and any value that looks like a credential.
+    Everything else stays as typed."""
+    out: list[str] = []
+    secret_flag = False  # the previous argument was e.g. `--api-key`: this is its value
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if secret_flag and not arg.startswith("-"):
+            out.append(REDACTED)
+        elif eq and (_secret_name(name) or _SECRET_VALUE.match(value)):
+            out.append(f"{name}={REDACTED}")
+        elif not eq and _SECRET_VALUE.match(arg):
+            out.append(REDACTED)
+        else:
+            out.append(arg)
+        secret_flag = not eq and arg.startswith("-") and _secret_name(arg)
+    return out
 
 
 def dataset_hash(items_path: Path) -> str:
@@ -59,7 +99,7 @@ def write_manifest(out_dir: Path, cfg: Config, bench, selection, written: int,
         "timing": {"wall_s": round(wall_s, 3),
                    "items_per_s": round(written / wall_s, 3) if wall_s > 0 else None},
         "versions": versions(),
-        "argv": [a for a in sys.argv[1:] if "key" not in a.lower()],
+        "argv": redact_argv(sys.argv[1:]),
         "config": asdict(cfg),
     }
     (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from geoxray.config import Config, ConfigError, load_config
+from geoxray.infer.registry import engine_kind, gpus_per_replica, stop_engine
 from geoxray.sweep.spec import SweepPoint, SweepSpec, Variant, load_sweep
 from geoxray.sweep.state import SweepState, now
 
@@ -53,11 +54,8 @@ class ModelGroup:
 
 
 def gpu_need(cfg: Config) -> float:
-    """GPUs a model's Serve app holds: replicas x GPUs per replica (at least its TP size)."""
-    m = cfg.model
-    if m.engine != "vllm" or m.gpus_per_replica <= 0:
-        return 0.0
-    return m.num_replicas * max(m.gpus_per_replica, float(m.tensor_parallel_size))
+    """GPUs a model's Serve app holds: replicas x GPUs per replica."""
+    return cfg.model.num_replicas * gpus_per_replica(cfg.model)
 
 
 def point_fingerprint(cfg: Config) -> str:
@@ -80,40 +78,6 @@ def plan_points(spec: SweepSpec, sweep_dir: Path) -> list[ModelGroup]:
         planned = PlannedPoint(point, cfg, point_fingerprint(cfg))
         groups.setdefault(point.model.name, ModelGroup(point.model)).points.append(planned)
     return list(groups.values())
-
-
-# --- model checks and apps ---------------------------------------------------------------------
-def check_model(cfg: Config) -> None:
-    """Fail fast, before a GPU is held, on what would only fail inside a replica later."""
-    path = cfg.model.path
-    if cfg.model.engine == "vllm" and path and path.startswith(("/", "./", "../", "~")):
-        local = Path(path).expanduser()
-        if not local.exists():
-            raise FileNotFoundError(f"model.path {path!r}: no such file or directory")
-    if cfg.model.engine == "openai" and cfg.model.api_key_env:
-        import os
-        if not os.environ.get(cfg.model.api_key_env):
-            raise RuntimeError(f"model.api_key_env: environment variable "
-                               f"{cfg.model.api_key_env} is not set on the driver")
-
-
-def stop_model_app(cfg: Config) -> None:
-    """Shut a model's Serve app down (frees its GPUs for the next model)."""
-    if cfg.model.engine != "vllm":
-        return
-    try:
-        from geoxray.infer import serve
-    except ImportError:
-        return
-    stop = getattr(serve, "stop_model_app", None)
-    if stop is not None:
-        stop(cfg.model)
-        return
-    from ray import serve as ray_serve
-
-    name = serve.app_name_for(cfg.model)  # the app start_model_app started (or reused)
-    if name in ray_serve.status().applications:
-        ray_serve.delete(name)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -146,8 +110,8 @@ def run_group(group: ModelGroup, state: SweepState, evaluate: Evaluate,
             results[p.name] = "skipped"
     if not todo:
         return results
-    try:
-        check_model(todo[0].cfg)
+    try:  # fail fast, before a GPU is held, on what would only fail in a replica later
+        engine_kind(todo[0].cfg.model.engine).check(todo[0].cfg.model)
     except Exception as exc:  # a broken model fails its points, never the sweep
         for p in todo:
             _fail(state, p, exc, attempted=True)
@@ -180,7 +144,7 @@ def run_group(group: ModelGroup, state: SweepState, evaluate: Evaluate,
     finally:
         if not keep_app:
             try:
-                stop_model_app(todo[0].cfg)
+                stop_engine(todo[0].cfg.model)  # its Serve app: frees its GPUs
             except Exception as exc:  # an app that will not stop is logged, not fatal
                 log.warning("stopping %s: %s", group.model.name, _one_line(exc))
     return results
