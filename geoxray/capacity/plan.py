@@ -71,8 +71,9 @@ def item_counts(cfg: Config) -> tuple[dict[str, int], str]:
     import pyarrow.parquet as pq
 
     from geoxray.bench.index import build_items
+    from geoxray.run.benchmark import items_path
 
-    path, source = _items_path(cfg), "items.parquet"
+    path, source = items_path(cfg), "items.parquet"
     if path is not None and path.is_file():
         table = pq.read_table(path, columns=["task", "split"])
     else:  # an unbuilt benchmark: the paper's structure (the synthetic presets mirror it)
@@ -87,20 +88,6 @@ def item_counts(cfg: Config) -> tuple[dict[str, int], str]:
     if cap is not None:
         counts = {t: min(n, cap) for t, n in counts.items()}
     return counts, source
-
-
-def _items_path(cfg: Config) -> Path | None:
-    from geoxray.config import cache_dir
-    from geoxray.run.benchmark import _synthetic_root
-
-    if cfg.data.kind == "items" and cfg.data.items:
-        return Path(cfg.data.items)
-    if cfg.data.kind == "synthetic":
-        return _synthetic_root(cfg) / "items.parquet"
-    if cfg.data.kind in ("geoxbench", "index", "sources"):
-        root = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / cfg.data.name
-        return root / "items.parquet"
-    return None
 
 
 # --- the plan -------------------------------------------------------------------------------

@@ -32,10 +32,24 @@ class Benchmark:
     problems: dict[str, int]
 
 
-def _synthetic_root(cfg: Config) -> Path:
+def benchmark_root(cfg: Config) -> Path | None:
+    """The folder a data config's benchmark is built in (None for a prebuilt items file):
+    data.root, else the cache (a synthetic world's folder names its preset and seed)."""
+    if cfg.data.kind == "items":
+        return None
     if cfg.data.root:
         return Path(cfg.data.root)
-    return cache_dir(cfg) / "bench" / f"synth-{cfg.data.preset}-seed{cfg.data.seed}"
+    if cfg.data.kind == "synthetic":
+        return cache_dir(cfg) / "bench" / f"synth-{cfg.data.preset}-seed{cfg.data.seed}"
+    return cache_dir(cfg) / "bench" / cfg.data.name
+
+
+def items_path(cfg: Config) -> Path | None:
+    """Where a data config's items.parquet is, or will be once built (nothing is built)."""
+    if cfg.data.kind == "items":
+        return Path(cfg.data.items) if cfg.data.items else None
+    root = benchmark_root(cfg)
+    return root / "items.parquet" if root is not None else None
 
 
 def items_builder(index_root: Path) -> str:
@@ -67,7 +81,7 @@ def _build_from_index(cfg: Config, index_root: Path, image_root: Path | None, ou
 def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = False) -> Benchmark:
     data = cfg.data
     if data.kind == "synthetic":
-        root = _synthetic_root(cfg)
+        root = benchmark_root(cfg)
         done = root / "BUILD_OK"
         if rebuild and root.exists():
             shutil.rmtree(root)
@@ -88,7 +102,7 @@ def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = 
         if data.kind == "index" and not data.index_root:
             raise ConfigError("config key 'data.index_root': required for data.kind=index")
         image_root = _image_root(data.image_root, require_images)
-        out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
+        out = benchmark_root(cfg)
         out.mkdir(parents=True, exist_ok=True)
         return _build_from_index(cfg, index_root, image_root, out, data.name)
 
@@ -100,7 +114,7 @@ def prepare_benchmark(cfg: Config, require_images: bool = True, rebuild: bool = 
 
     if data.kind == "sources":
         from geoxray.data.build import build_from_sources
-        out = Path(cfg.data.root) if cfg.data.root else cache_dir(cfg) / "bench" / data.name
+        out = benchmark_root(cfg)
         if not data.sources:
             raise ConfigError("config key 'data.sources': name at least one source dataset")
         try:
