@@ -87,6 +87,28 @@ def test_choice_mode_gives_option_probabilities(ray_cluster, tiny_bench, tmp_pat
         assert abs(sum(dict(probs).values()) - 1) < 1e-9
 
 
+def test_stage_workers_close_their_engines(ray_cluster, tiny_bench, tmp_path):
+    from functools import partial
+
+    from geoxray.infer.baselines import BaselineEngine
+
+    marks = tmp_path / "closed"
+    marks.mkdir()
+
+    class ClosingEngine(BaselineEngine):  # defined here: Ray ships the class by value
+        def close(self) -> None:
+            (marks / f"{os.getpid()}-{id(self)}").touch()
+
+    out = tmp_path / "run"
+    evaluate(eval_config(out, tiny_bench, "model=random", "run.max_items_per_task=4"),
+             engine_builder=partial(ClosingEngine, "random"))
+    assert len(store.read_predictions(out)) == 4 * len(TASKS)
+    deadline = time.time() + 60  # Ray Data releases its actors after the dataset is done
+    while time.time() < deadline and not any(marks.iterdir()):
+        time.sleep(0.2)
+    assert any(marks.iterdir()), "no stage worker closed its engine"
+
+
 def _run_cli(out: Path, bench, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "geoxray.cli", "eval", "model=random", "data=items",
             f"data.items={bench.items_path}", f"data.image_root={bench.image_root}",

@@ -36,7 +36,9 @@ class Reply:
 
 class Engine(Protocol):
     """Anything with `generate`. Engines must answer every request (failures as Reply.error)
-    and must be deterministic for a given request when decoding greedily or seeded."""
+    and must be deterministic for a given request when decoding greedily or seeded. An
+    engine holding threads or connections also has `close()`, which the stage calls when
+    its worker is done (`registry.close_engine`). New engines register in `registry.py`."""
 
     name: str
 
