@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,45 @@ def test_plan_fails_when_a_model_cannot_be_planned(tmp_path, capsys):
     assert rc == 1
     assert "1 model(s) cannot be planned on h100: qwen2.5_vl_72b" in err
     assert "needs TP 4 > 1 GPUs" in err
+
+
+# --- console: chatter to the run folder, geoxray's lines to the terminal ---------------------
+CONSOLE_SCRIPT = r'''
+import logging, os, sys, time
+from pathlib import Path
+from geoxray import console
+with console.session():
+    console.redirect_chatter(Path(sys.argv[1]))
+    os.write(2, b"native-xyzzy\n")  # as Ray's C++ core worker writes it
+    print("python-xyzzy", file=sys.stderr)
+    logging.getLogger("geoxray.run").info("geoxray line")
+    with console.elapsed("starting engine e", every_s=0.2):
+        time.sleep(0.5)
+    bar = console.progress_bar(3, "m on d (choice)")
+    bar.update(3)
+    bar.close()
+    if sys.argv[2] == "fail":
+        raise RuntimeError("boom")
+print("after the session", file=sys.stderr)
+'''
+
+
+@pytest.mark.parametrize("outcome", ["ok", "fail"])
+def test_console_sends_chatter_to_the_run_folder(outcome, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, str(tmp_path), outcome],
+                          env=env, capture_output=True, text=True, timeout=120)
+    terminal = done.stderr
+    log = (tmp_path / "logs" / "ray-vllm.log").read_text()
+    assert "native-xyzzy" in log and "python-xyzzy" in log
+    assert "xyzzy" not in terminal
+    assert f"Ray and vLLM logs -> {tmp_path}/logs/" in terminal
+    assert "geoxray line" in terminal and "geoxray line" not in log
+    assert "starting engine e ... 0 s" in terminal
+    assert re.search(r"starting engine e: done in [01] s", terminal)
+    assert "m on d (choice): 100%" in terminal
+    if outcome == "ok":
+        assert done.returncode == 0 and "after the session" in terminal
+    else:  # the traceback reaches the terminal, with where the chatter went
+        assert done.returncode == 1 and "RuntimeError: boom" in terminal
+        assert f"Ray's and vLLM's output: {tmp_path}/logs/" in terminal
