@@ -32,6 +32,7 @@ class _State:
     console: IO[str] | None = None  # the terminal's stderr, saved before redirection
     log_dir: Path | None = None
     handler: logging.Handler | None = None
+    pinned: bool = False
 
 
 _state = _State()
@@ -76,13 +77,19 @@ def session() -> Iterator[None]:
         geoxray_log.propagate = True
         _state.console.close()
         _state.console = _state.handler = _state.log_dir = None
+        _state.pinned = False
 
 
-def redirect_chatter(out_dir: Path) -> Path | None:
+def redirect_chatter(out_dir: Path, pin: bool = False) -> Path | None:
     """Inside a session: send this process's stderr (Ray, Serve, Ray Data, vLLM) to
-    OUT/logs/ray-vllm.log from now on. Returns the log file, or None outside a session."""
+    OUT/logs/ray-vllm.log from now on. Returns the log file, or None outside a session.
+
+    `pin`: keep this folder for the rest of the session (a sweep runs points side by side in
+    threads of one process, and descriptor 2 is one for all of them)."""
     if _state.console is None:
         return None
+    if _state.pinned:
+        return _state.log_dir / LOG_NAME
     log_dir = Path(out_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / LOG_NAME
@@ -94,6 +101,7 @@ def redirect_chatter(out_dir: Path) -> Path | None:
     if _state.log_dir != log_dir:
         say(f"Ray and vLLM logs -> {log_dir}/")
     _state.log_dir = log_dir
+    _state.pinned = pin
     return path
 
 

@@ -240,3 +240,18 @@ def test_console_sends_chatter_to_the_run_folder(outcome, tmp_path):
     else:  # the traceback reaches the terminal, with where the chatter went
         assert done.returncode == 1 and "RuntimeError: boom" in terminal
         assert f"Ray's and vLLM's output: {tmp_path}/logs/" in terminal
+
+
+def test_a_pinned_log_folder_holds_for_the_whole_session(tmp_path):
+    # a sweep pins SWEEP_DIR/logs: its points, run side by side, do not move descriptor 2
+    script = ("import os, sys\nfrom pathlib import Path\nfrom geoxray import console\n"
+              "with console.session():\n"
+              "    console.redirect_chatter(Path(sys.argv[1]) / 'sweep', pin=True)\n"
+              "    console.redirect_chatter(Path(sys.argv[1]) / 'point')\n"
+              "    os.write(2, b'pinned-xyzzy\\n')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pinned-xyzzy" in (tmp_path / "sweep" / "logs" / "ray-vllm.log").read_text()
+    assert not (tmp_path / "point").exists() and "xyzzy" not in done.stderr
