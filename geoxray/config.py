@@ -94,22 +94,26 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except HydraException as exc:
-        raise ConfigError(str(exc)) from None
+        from geoxray.config_check import describe_hydra_error
+        raise ConfigError(describe_hydra_error(exc)) from None
 
 
 def validate(raw: DictConfig | dict) -> Config:
     """Merge into the typed schema; name the offending key on any mistake."""
+    from geoxray.config_check import (check_paths, check_ranges, describe_omegaconf_error,
+                                      reject_unknown_keys)
+
+    reject_unknown_keys(raw)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        raise ConfigError(describe_omegaconf_error(exc)) from None
     _check_choice("data.kind", cfg.data.kind, DATA_KINDS)
     _check_choice("model.engine", cfg.model.engine, ENGINES)
     _check_choice("decode.mode", cfg.decode.mode, DECODE_MODES)
-    if cfg.run.batch_size < 1:
-        raise ConfigError("config key 'run.batch_size': must be >= 1")
+    check_ranges(cfg)
+    check_paths(cfg)
     if cfg.run.tasks:
         from geoxray.bench.tasks import TASK_BY_NAME
         for name in cfg.run.tasks:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geoxray.config import Config, ConfigError
-from geoxray.capacity.plan_model import ModelCost, model_cost
+from geoxray.capacity.plan_model import DEVICES, ModelCost, model_cost
 from geoxray.sweep.spec import SweepSpec, load_sweep
 
 
@@ -237,6 +237,35 @@ def gpus_for_deadline(spec: SweepSpec, hours: float, device: str, profiles: Path
     return best
 
 
+# --- checks ---------------------------------------------------------------------------------
+def known_devices(profiles: Path) -> list[str]:
+    """Devices a plan can cost: those with peak figures (plan_model.DEVICES) and those a
+    profile in the folder was measured on."""
+    found = set(DEVICES)
+    for path in Path(profiles).glob("*.json"):
+        try:
+            found.add(str(json.loads(path.read_text())["device"]["slug"]).lower())
+        except (ValueError, OSError, KeyError, TypeError):
+            continue
+    return sorted(found)
+
+
+def check_device(device: str, profiles: Path) -> str:
+    """The device's name as plans and profiles spell it (lower case), or a ConfigError that
+    lists the known ones: an unknown device would plan every model at 0 GPU-hours."""
+    name = device.strip().lower()
+    known = known_devices(profiles)
+    if name not in known:
+        raise ConfigError(f"--device {device!r}: no peak figures and no profile in "
+                          f"{profiles}/ for it; known devices: {', '.join(known)}")
+    return name
+
+
+def unplanned(plan: Plan) -> list[ModelPlan]:
+    """Models the plan could not cost or place (API models need no GPU and are not counted)."""
+    return [p for p in plan.models if not p.planned and p.source != "api"]
+
+
 # --- output --------------------------------------------------------------------------------
 COLUMNS = ["model", "source", "points", "items", "tp", "replicas", "gpus", "startup_s",
            "wall_h", "gpu_hours", "start_h", "end_h", "note"]
@@ -338,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rest.append(o)
     try:
+        args.device = check_device(args.device, Path(args.profiles))
+        if args.gpus is not None and args.gpus < 1:
+            raise ConfigError(f"--gpus: must be >= 1 (got {args.gpus})")
         spec = load_sweep(name, rest)
         if args.gpus is not None:
             plan = make_plan(spec, args.gpus, args.device, Path(args.profiles),
@@ -356,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "meets" if plan.wall_s <= args.deadline_hours * 3600 else "CANNOT meet"
         print(f"{plan.gpus} GPUs {verdict} the {args.deadline_hours:g} h deadline")
     print(f"-> {out}/ (plan.md, plan.csv, plan.json, plan.png)")
+    missing = unplanned(plan)
+    if missing:
+        print(f"error: {len(missing)} model(s) cannot be planned on {args.device}: "
+              + "; ".join(f"{p.model} ({p.note})" for p in missing), file=sys.stderr)
+        return 1
     return 0
 
 

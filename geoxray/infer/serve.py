@@ -126,8 +126,11 @@ def start_model_app(model_cfg: Any, decode_cfg: Any = None, wait_s: float = 1800
             time.sleep(2.0)  # another driver is starting it (or it is going away)
             continue
         break
+    from geoxray import console
+
     t0 = time.perf_counter()
-    serve.run(build_app(model, as_decode_config(decode_cfg)), name=name, route_prefix=None)
+    with console.elapsed(f"starting engine {model.name} ({model.engine})"):
+        serve.run(build_app(model, as_decode_config(decode_cfg)), name=name, route_prefix=None)
     log.info("started Serve app %s in %.1fs", name, time.perf_counter() - t0)
     return name
 

@@ -154,13 +154,13 @@ def _read_pending_file(batch: pa.Table) -> pa.Table:
 
 
 def _progress(cfg: Config, total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="item", disable=not cfg.run.progress,
-                dynamic_ncols=True)
+    from geoxray import console
+    return console.progress_bar(total, f"{desc} ({cfg.decode.mode})", enabled=cfg.run.progress)
 
 
 def evaluate(cfg: Config, engine_builder=None) -> Path:
     """Run (or resume) one evaluation; returns the output directory."""
+    from geoxray import console
     from geoxray.run.manifest import write_manifest
     from geoxray.score.report import write_report
 
@@ -168,6 +168,7 @@ def evaluate(cfg: Config, engine_builder=None) -> Path:
     bench = prepare_benchmark(cfg)  # config and data mistakes fail here, before Ray
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    console.redirect_chatter(out_dir)  # Ray's and vLLM's lines -> out_dir/logs/ (CLI only)
     selection = select_pending(cfg, bench, out_dir)
     init_ray(cfg.ray)
     written = run_predictions(cfg, bench, selection, out_dir, engine_builder)

@@ -225,6 +225,7 @@ def run_sweep(spec: SweepSpec, *, gpus: float | None = None, evaluate: Evaluate 
     """Run (or resume) a sweep; returns where everything went and what happened."""
     from geoxray.run.benchmark import prepare_benchmark
     from geoxray.sweep.leaderboard import write_leaderboard
+    from geoxray import console
     from geoxray.ops.raycluster import init_ray
 
     sweep_dir = spec.out_dir()
@@ -246,6 +247,7 @@ def run_sweep(spec: SweepSpec, *, gpus: float | None = None, evaluate: Evaluate 
                 seen.add(key)
                 prepare_benchmark(p.cfg)
     first = groups[0].points[0].cfg
+    console.redirect_chatter(sweep_dir, pin=True)  # Ray's lines -> SWEEP_DIR/logs/ (CLI only)
     init_ray(first.ray)
     if gpus is None:
         import ray
