@@ -14,7 +14,7 @@ from PIL import Image
 
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import TASKS, get_task
-from geoxray.score import metrics
+from geoxray.score import intervals, metrics
 from geoxray.score.plots import empty_panel_note, task_pairs
 from geoxray.score.report import read_predictions, write_report
 from geoxray.score.tables import (ACCURACY_COLUMNS, ALL, BIAS_COLUMNS, INVALID_COLUMNS,
@@ -105,8 +105,8 @@ def test_accuracy_table_columns_order_and_totals(preds, tables):
 
 def test_all_row_ci_resamples_locations_of_every_instance(preds, tables):
     raw = preds[(preds.model == "good") & (preds.task == "intra_map")]
-    expected = metrics.cluster_bootstrap_ci((raw.pred == raw.answer).to_numpy(),
-                                            raw.location.tolist(), n_boot=N_BOOT)
+    expected = intervals.wilson_cluster_ci((raw.pred == raw.answer).to_numpy(),
+                                           raw.location.tolist())
     row = tables.accuracy.query("model == 'good' and task == 'intra_map' and instance == 'all'")
     assert (row.ci_low.iloc[0], row.ci_high.iloc[0]) == pytest.approx(expected)
 
