@@ -10,6 +10,7 @@
     geoxray status|logs|stop JOB    follow a submitted job
     geoxray profile model=...       throughput, tokens, stage times -> profile JSON
     geoxray plan sweep=paper --gpus N   GPU-hours and wall time for a sweep
+    geoxray compare RUN_A RUN_B [...]   paired tests between runs or sweeps on the same items
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ DELEGATED = {
     "stop": ("geoxray.ops.submit", "stop_main"),
     "profile": ("geoxray.capacity.profile", "main"),
     "plan": ("geoxray.capacity.plan", "main"),
+    "compare": ("geoxray.sweep.compare", "main"),
 }
 
 

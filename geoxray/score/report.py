@@ -215,13 +215,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;mar
 h2{border-bottom:2px solid #444;padding-bottom:2px;margin-top:1.6em}"""
 
 
-def _html_table(table: pd.DataFrame) -> str:
+def html_table(table: pd.DataFrame, digits: int = 4) -> str:
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.itertuples(index=False):
-        cells = "".join(f'<td class="num">{html.escape(format_cell(v, 4))}</td>' if num
-                        else f"<td>{html.escape(format_cell(v, 4))}</td>"
+        cells = "".join(f'<td class="num">{html.escape(format_cell(v, digits))}</td>' if num
+                        else f"<td>{html.escape(format_cell(v, digits))}</td>"
                         for v, num in zip(row, numeric))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -246,7 +246,7 @@ def render_html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
             if b.kind == "text":
                 out.append(_html_text(b.text))
             elif b.kind == "table":
-                out.append(_html_table(b.table))
+                out.append(html_table(b.table))
             elif b.kind == "image":  # embedded, so the HTML file stands alone
                 data = base64.b64encode(b.path.read_bytes()).decode("ascii")
                 out.append(f'<figure><img alt="{html.escape(b.text)}" '
