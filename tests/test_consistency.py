@@ -281,3 +281,22 @@ def test_pride_table_from_variant_predictions():
     assert r["accuracy_debiased"] > r["accuracy_raw"] + 0.05
     got = dict(kv.split(":") for kv in r["prior"].split())
     assert float(got["S"]) == pytest.approx(0.6, abs=0.05)
+
+
+def test_report_scores_originals_and_adds_the_consistency_sections(tmp_path):
+    from geoxray.score.report import write_report
+
+    rows = _variant_predictions("oracle", "pose_fixed", lambda s, g, r: g, n_base=12)
+    rng = np.random.default_rng(1)
+    for r in rows:  # choice-mode probabilities peaked on the answer given
+        r["option_probs"] = {o: (0.7 if o == r["pred"] else 0.1) for o in DIRECTIONS}
+        r["item_id"] = r["base_item_id"] + ("" if r["variant"] == IDENTITY
+                                            else "~" + r["variant"])
+        r["key"] = r["item_id"]
+    rng.shuffle(rows)
+    write_report(tmp_path, preds=pd.DataFrame(rows), n_boot=50)
+    acc = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
+    assert acc.query("instance == 'all'")["n"].tolist() == [12]  # originals only
+    text = (tmp_path / "report.md").read_text()
+    assert "## Geometric consistency" in text and "## Prior-corrected accuracy (PriDe)" in text
+    assert "circular_accuracy" in text.split("## Glossary")[1]  # its columns are explained

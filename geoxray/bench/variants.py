@@ -123,44 +123,50 @@ def rotation_note(variant: str) -> str | None:
             f"to the {north} of the image.")
 
 
-def transform(row: dict, images: list[np.ndarray], variant: str, *,
-              state_rotation: bool = False) -> VariantItem:
-    """The `variant` of an item: images as sent to the model (aerials first, ground last,
-    each already cropped) and its row. The new row keeps every field, maps `answer`, and
-    adds `variant` and `base_item_id`; its item_id is `<item_id>~<variant>` so its prediction
-    key differs. With `state_rotation` (pose tasks) the gold is unchanged and the prompt
-    note says how the tile is turned."""
+def variant_row(row: dict, variant: str, *, state_rotation: bool = False) -> dict:
+    """The item row of `variant`: every field kept, `answer` mapped through the label map
+    (unchanged for a pose task with `state_rotation`: the prompt then says how the tile is
+    turned), plus `variant`, `base_item_id` and `variant_prompt` ("stated" or "plain"); the
+    item_id becomes `<item_id>~<variant>` so the prediction key differs."""
     spec = get_task(row["task"])
+    mapping = label_map(spec.name, variant)  # raises for a variant the task does not have
+    stated = state_rotation and spec.name.startswith("pose") and variant in _ROTATIONS
+    base = row.get("base_item_id") or row["item_id"]
+    return {**row, "answer": row["answer"] if stated else mapping[row["answer"]],
+            "variant": variant, "base_item_id": base,
+            "item_id": base if variant == IDENTITY else f"{base}~{variant}",
+            "variant_prompt": "stated" if stated else "plain"}
+
+
+def variant_images(task: str, images: list[np.ndarray],
+                   variant: str) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """(images, sources, uuid suffixes) of `variant`: see `VariantItem`."""
+    spec = get_task(task)
     n_aerials = spec.n_aerials
     if len(images) != n_aerials + 1:
         raise ValueError(f"task {spec.name} sends {n_aerials + 1} images, got {len(images)}")
-    out, suffix = list(images), [""] * len(images)
-    sources = list(range(len(images)))
-    note = None
-    stated = state_rotation and spec.name.startswith("pose")
-    if variant == IDENTITY:
-        pass
-    elif variant in _ROTATIONS:
-        label_map(spec.name, variant)  # raises for a task without rotations
+    label_map(spec.name, variant)  # raises for a variant the task does not have
+    out, sources, suffix = list(images), list(range(len(images))), [""] * len(images)
+    if variant in _ROTATIONS:
         for i in range(n_aerials):
             out[i] = np.rot90(images[i], -_quarter_turns(variant))  # clockwise
             suffix[i] = f"~{variant}"
-        note = rotation_note(variant) if stated else None
     elif variant == "mirror":
-        label_map(spec.name, variant)
         out = [img[:, ::-1] for img in images]  # the whole world mirrored: tile and view
         suffix = ["~mirror"] * len(images)
     elif variant in _SHIFTS:
-        label_map(spec.name, variant)
         s = int(variant.removeprefix("shift"))
         sources = [(i + s) % n_aerials for i in range(n_aerials)] + [n_aerials]
         out = [images[j] for j in sources]  # same arrays in a new order: same uuids
-    else:
-        raise ValueError(f"unknown variant {variant!r}")
-    answer = row["answer"] if stated else label_map(spec.name, variant)[row["answer"]]
-    new_row = {**row, "answer": answer, "variant": variant,
-               "base_item_id": row.get("base_item_id", row["item_id"]),
-               "item_id": row["item_id"] if variant == IDENTITY else f"{row['item_id']}~{variant}"}
-    if stated:
-        new_row["variant_prompt"] = "stated"
+    return out, sources, suffix
+
+
+def transform(row: dict, images: list[np.ndarray], variant: str, *,
+              state_rotation: bool = False) -> VariantItem:
+    """The `variant` of an item: `variant_row` and `variant_images` (images as sent to the
+    model: aerials first, ground last, each already cropped), and the prompt note when the
+    rotation is stated."""
+    new_row = variant_row(row, variant, state_rotation=state_rotation)
+    out, sources, suffix = variant_images(row["task"], images, variant)
+    note = rotation_note(variant) if new_row["variant_prompt"] == "stated" else None
     return VariantItem(new_row, out, sources, suffix, note)

@@ -30,6 +30,15 @@ PRIDE_COLUMNS = ["model", "decode", "task", "task_number", "n_estimate", "n", "a
                  "accuracy_debiased", "prior", "prior_h_norm"]
 
 
+def primary_rows(preds: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the original items (no `variant` column, or variant null or `identity`):
+    what accuracy, bias and comparisons are computed on, so variants never inflate counts."""
+    if "variant" not in preds.columns:
+        return preds
+    keep = preds["variant"].isna() | (preds["variant"] == IDENTITY)
+    return preds if keep.all() else preds[keep].reset_index(drop=True)
+
+
 def _complete(g: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
     """Rows of the base items that have every variant in `names` (one row each)."""
     g = g[g["variant"].isin(names)].drop_duplicates(["base_item_id", "variant"])

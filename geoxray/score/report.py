@@ -441,11 +441,13 @@ def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
         preds = read_predictions(out_dir, problems)
     if manifest is None:
         manifest = read_manifest(out_dir, problems)
+    from geoxray.score.consistency import primary_rows
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tables = compute_tables(preds, n_boot=n_boot, seed=seed)
+        tables = compute_tables(primary_rows(preds), n_boot=n_boot, seed=seed)
     problems += [str(w.message) for w in caught]
-    table_paths = write_tables(preds, out_dir, tables=tables)
+    table_paths = write_tables(None, out_dir, tables=tables)
     plot_paths = write_plots(tables, out_dir)
     sections = build_sections(preds, tables, manifest, table_paths, plot_paths, problems)
     (out_dir / "report.html").write_text(render_html(title, sections))

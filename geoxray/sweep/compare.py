@@ -25,6 +25,7 @@ import pandas as pd
 
 from geoxray.bench.tasks import TASK_BY_NAME, get_task
 from geoxray.score import metrics, paired
+from geoxray.score.consistency import primary_rows
 from geoxray.score.tables import series_labels
 
 PAIR_COLUMNS = ["task", "task_number", "a", "b", "n", "locations", "accuracy_a", "accuracy_b",
@@ -32,7 +33,7 @@ PAIR_COLUMNS = ["task", "task_number", "a", "b", "n", "locations", "accuracy_a",
                 "significant"]
 CELL_COLUMNS = ["series", "task", "task_number", "n", "accuracy", "ci_low", "ci_high",
                 "chance", "above_chance"]
-NEEDED = ("item_id", "model", "decode", "task", "location", "answer", "pred")
+NEEDED = ("item_id", "model", "decode", "task", "location", "answer", "pred", "variant")
 DEFAULT_ALPHA = 0.05
 
 
@@ -54,7 +55,7 @@ def _read(out_dir: Path) -> pd.DataFrame:
 
     table = store.read_predictions(out_dir)
     frame = table.to_pandas() if hasattr(table, "to_pandas") else table
-    return frame[[c for c in frame.columns if c in NEEDED]]
+    return primary_rows(frame[[c for c in frame.columns if c in NEEDED]])
 
 
 def load_runs(paths: list[str | Path]) -> pd.DataFrame:
@@ -130,7 +131,7 @@ def compare_frame(preds: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, n_boot: 
     answer, pred and a `series` column (or model/decode, from which series are named)."""
     if "series" not in preds.columns:
         preds = preds.assign(series=series_labels(preds))
-    preds = preds[preds["task"].isin(list(TASK_BY_NAME))]
+    preds = primary_rows(preds[preds["task"].isin(list(TASK_BY_NAME))])
     names = series or list(dict.fromkeys(preds["series"]))
     if len(names) < 2:
         raise CompareError(f"need at least two series to compare, found {names}")

@@ -32,6 +32,8 @@ from geoxray.sweep.spec import SweepSpec
 # What scoring reads; reply text and error details stay on disk (they dominate the size).
 SCORE_COLUMNS = ["key", "item_id", "model", "decode", "task", "instance", "location", "crop",
                  "answer", "pred", "invalid_reason", "option_probs"]
+# Read where the predictions have them (item variants of a consistency run).
+VARIANT_COLUMNS = ["variant", "base_item_id"]
 POINT_COLUMNS = ["point", "model", "data", "decode", "status", "predictions", "invalid",
                  "wall_s", "attempts", "error"]
 
@@ -42,12 +44,14 @@ def point_predictions(out_dir: Path, series: str) -> pd.DataFrame:
     parts = []
     for part in store.parts(out_dir):
         try:
-            parts.append(pq.read_table(part, columns=SCORE_COLUMNS))
+            present = set(pq.ParquetFile(part).schema_arrow.names)
+            parts.append(pq.read_table(part, columns=SCORE_COLUMNS + [
+                c for c in VARIANT_COLUMNS if c in present]))
         except Exception:  # the point's own report names unreadable parts; skip them here
             continue
     if not parts:
         return pd.DataFrame(columns=SCORE_COLUMNS)
-    frame = pa.concat_tables(parts).to_pandas()
+    frame = pa.concat_tables(parts, promote_options="permissive").to_pandas()
     frame = frame.drop_duplicates("key", keep="first").reset_index(drop=True)
     frame["model"] = series
     return frame
