@@ -132,7 +132,10 @@ def wilson_from_sums(sums: np.ndarray, sizes: np.ndarray,
     z2n = z * z / n_eff
     centre = (est + z2n / 2) / (1 + z2n)
     half = z / (1 + z2n) * np.sqrt(var / n_eff + z2n / (4 * n_eff))
-    return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+    # The score interval contains the estimate; say so exactly (rounding at 0 or 1 must not
+    # leave it a hair outside).
+    return (np.minimum(est, np.maximum(0.0, centre - half)),
+            np.maximum(est, np.minimum(1.0, centre + half)))
 
 
 def cluster_bootstrap_t_ci(values: Sequence[float] | np.ndarray, clusters: Sequence[Any],

@@ -107,7 +107,7 @@ def plot_accuracy(accuracy: pd.DataFrame, path: Path) -> Path | None:
         err = np.vstack([acc - rows["ci_low"].to_numpy(dtype=float),
                          rows["ci_high"].to_numpy(dtype=float) - acc])
         centres = x - 0.4 + width * (i + 0.5)
-        ax.bar(centres, acc, width, yerr=np.nan_to_num(err).tolist(),
+        ax.bar(centres, acc, width, yerr=np.maximum(np.nan_to_num(err), 0.0).tolist(),
                capsize=3, color=color, label=name, edgecolor="white", linewidth=0.5)
         label_bars(ax, centres, acc, rows["ci_high"].to_numpy(dtype=float), width, color)
     for j, task in enumerate(tasks):
@@ -227,8 +227,8 @@ def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path) -> Path | None:
                 acc = float(r["accuracy"])
                 # Nested lists, not a (2, 1) array: matplotlib probes a one-element row
                 # with math.isfinite, which numpy deprecates.
-                err = [[_finite(acc - float(r["ci_low"]))],
-                       [_finite(float(r["ci_high"]) - acc)]]
+                err = [[max(0.0, _finite(acc - float(r["ci_low"])))],
+                       [max(0.0, _finite(float(r["ci_high"]) - acc))]]
                 centre = j - 0.4 + width * (2 * i + k + 0.5)
                 ax.bar([centre], [acc], width,
                        yerr=err, capsize=3, color=colors[i],
