@@ -152,8 +152,9 @@ def test_marks_best_tied_and_below():
     result = compare_frame(pd.concat([preds, twin]), n_boot=200)
     marks = compare.marks(result).set_index(["task", "series"])
     for task in ("pose_fixed", "loc_prior", "crossmap_std"):
-        assert {marks.loc[(task, "alpha"), "vs_best"], marks.loc[(task, "gamma"),
-                                                                   "vs_best"]} == {"best", "="}
+        # identical answers: tied at the top, both marked best
+        assert marks.loc[(task, "alpha"), "vs_best"] == "best"
+        assert marks.loc[(task, "gamma"), "vs_best"] == "best"
         assert marks.loc[(task, "beta"), "vs_best"] == "<"
     assert compare.mark_text(0.7, True, "best") == "0.700* ▲"
     assert compare.mark_text(0.25, False, "<") == "0.250"
@@ -244,3 +245,22 @@ def test_sweep_leaderboard_ranks_and_marks(tmp_path):
     page = index.read_text()
     assert page.index("<h2>Leaderboard</h2>") < page.index("<h2>Files</h2>")
     assert "better than chance" in page and "compare_pairs.csv" in page
+
+
+def test_tied_best_series_share_the_mark_and_keep_their_order():
+    preds = _two_models(rates=(0.9, 0.3))
+    twin = preds[preds.model == "alpha"].assign(model="gamma")
+    ranked, _ = compare.ranked_leaderboard(pd.concat([twin, preds]), n_boot=100)
+    assert list(ranked["series"][:2]) == ["gamma", "alpha"]  # tied: order of appearance
+    assert all(ranked.iloc[i, 3].endswith("▲") for i in (0, 1))
+
+
+def test_a_close_second_is_marked_tied_with_the_best():
+    preds = _two_models(rates=(0.9, 0.3))
+    close = preds[preds.model == "alpha"].assign(model="delta").reset_index(drop=True)
+    close.loc[close.index[:2], "pred"] = None  # two fewer right: not a significant difference
+    marks = compare.marks(compare_frame(pd.concat([preds, close]), n_boot=100))
+    m = marks.set_index(["task", "series"])
+    assert m.loc[("pose_fixed", "alpha"), "vs_best"] == "best"
+    assert m.loc[("pose_fixed", "delta"), "vs_best"] == "="
+    assert compare.mark_text(0.5, True, "=") == "0.500* ≈"

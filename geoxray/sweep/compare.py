@@ -194,14 +194,17 @@ def compare_runs(paths: list[str | Path], **kwargs) -> Comparison:
 # --- output ----------------------------------------------------------------------------------
 def marks(comparison: Comparison) -> pd.DataFrame:
     """Per (task, series): accuracy and its marks. `*` better than chance; `best` the top
-    accuracy of the task; `=` not significantly different from the best (Holm-adjusted
-    McNemar at alpha); `<` significantly below the best."""
+    accuracy of the task (every series tied at it); `=` not significantly different from the
+    best (Holm-adjusted McNemar at alpha; with ties, against the first best); `<`
+    significantly below the best."""
     cells, pairs = comparison.cells, comparison.pairs
     out = []
     for task, part in cells.groupby("task", sort=False):
-        best = part.loc[part["accuracy"].idxmax(), "series"]
+        top = part["accuracy"].max()
+        tied = list(part.loc[part["accuracy"] == top, "series"])  # ties share the best mark
+        best = tied[0]
         for r in part.itertuples(index=False):
-            if r.series == best:
+            if r.series in tied:
                 rel = "best"
             else:
                 hit = pairs[(pairs["task"] == task) & (((pairs["a"] == best) & (pairs["b"] ==
@@ -251,8 +254,9 @@ def ranked_leaderboard(preds: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA,
     m["text"] = [mark_text(a, c, v) for a, c, v in zip(m["accuracy"], m["above_chance"],
                                                        m["vs_best"])]
     wide = m.pivot(index="series", columns="task", values="text").reindex(columns=tasks)
+    order_in = list(dict.fromkeys(m["series"]))  # ties keep the order the series came in
     mean = m.pivot(index="series", columns="task", values="accuracy").reindex(
-        columns=tasks).mean(axis=1, skipna=False)
+        index=order_in, columns=tasks).mean(axis=1, skipna=False)
     order = mean.sort_values(ascending=False, na_position="last", kind="stable").index
     table = pd.DataFrame({"rank": range(1, len(order) + 1), "series": list(order),
                           "mean accuracy": [mean[s] for s in order]})
