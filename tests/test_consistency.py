@@ -300,3 +300,15 @@ def test_report_scores_originals_and_adds_the_consistency_sections(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## Geometric consistency" in text and "## Prior-corrected accuracy (PriDe)" in text
     assert "circular_accuracy" in text.split("## Glossary")[1]  # its columns are explained
+
+
+def test_originals_without_a_variant_count_as_identity():
+    """Identity rows reused from a plain run carry no variant: they still complete a set."""
+    rows = _variant_predictions("oracle", "pose_fixed", lambda s, g, r: g, n_base=5)
+    for r in rows:
+        r["item_id"] = r["base_item_id"] + ("" if r["variant"] == IDENTITY
+                                            else "~" + r["variant"])
+        if r["variant"] == IDENTITY:
+            r["variant"], r["base_item_id"] = None, None
+    t = consistency_table(pd.DataFrame(rows)).iloc[0]
+    assert t["n_base"] == 5 and t["circular_accuracy"] == 1.0

@@ -39,8 +39,19 @@ def primary_rows(preds: pd.DataFrame) -> pd.DataFrame:
     return preds if keep.all() else preds[keep].reset_index(drop=True)
 
 
+def _with_identity(g: pd.DataFrame) -> pd.DataFrame:
+    """A row without a variant is the original item (e.g. reused from a plain run): variant
+    `identity`, base_item_id its own item_id."""
+    variant = g["variant"].where(g["variant"].notna(), IDENTITY)
+    base = g["base_item_id"]
+    if "item_id" in g.columns:
+        base = base.where(base.notna(), g["item_id"])
+    return g.assign(variant=variant, base_item_id=base)
+
+
 def _complete(g: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
     """Rows of the base items that have every variant in `names` (one row each)."""
+    g = _with_identity(g)
     g = g[g["variant"].isin(names)].drop_duplicates(["base_item_id", "variant"])
     counts = g.groupby("base_item_id")["variant"].nunique()
     full = counts.index[counts == len(names)]
@@ -131,6 +142,7 @@ def pride_scores(rows: pd.DataFrame, task: str, fraction: float = 0.2) -> dict |
         zip(part["variant"].map(order), part["vec"]), key=lambda t: t[0])])
         for _, part in est.groupby("base_item_id")])
     prior = debias.pride_prior(probs, perms)
+    rows = _with_identity(rows)
     held = rows[(rows["variant"] == IDENTITY) & ~rows["base_item_id"].isin(chosen)]
     if held.empty:  # every item went into the estimate: score them all
         held = rows[rows["variant"] == IDENTITY]
