@@ -169,6 +169,8 @@ COMMANDS: dict[str, Command] = {
                        _delegate("geoxray.capacity.profile")),
     "plan": Command("GPU-hours and wall time of a sweep, from profiles",
                     _delegate("geoxray.capacity.plan")),
+    "compare": Command("paired tests between runs or sweeps on the same items",
+                       _delegate("geoxray.sweep.compare")),
 }
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import TASKS, get_task
-from geoxray.score import metrics
+from geoxray.score import intervals, metrics
 from geoxray.score.plots import empty_panel_note, task_pairs
 from geoxray.score.report import read_predictions, write_report
 from geoxray.score.tables import (ACCURACY_COLUMNS, ALL, BIAS_COLUMNS, INVALID_COLUMNS,
@@ -105,8 +105,8 @@ def test_accuracy_table_columns_order_and_totals(preds, tables):
 
 def test_all_row_ci_resamples_locations_of_every_instance(preds, tables):
     raw = preds[(preds.model == "good") & (preds.task == "intra_map")]
-    expected = metrics.cluster_bootstrap_ci((raw.pred == raw.answer).to_numpy(),
-                                            raw.location.tolist(), n_boot=N_BOOT)
+    expected = intervals.wilson_cluster_ci((raw.pred == raw.answer).to_numpy(),
+                                           raw.location.tolist())
     row = tables.accuracy.query("model == 'good' and task == 'intra_map' and instance == 'all'")
     assert (row.ci_low.iloc[0], row.ci_high.iloc[0]) == pytest.approx(expected)
 
@@ -286,3 +286,84 @@ def test_an_all_invalid_task_panel_says_why_it_is_empty():
     shares = compute_tables(frame, n_boot=N_BOOT).option_shares
     assert "no valid answers" in empty_panel_note(shares[shares.task == TASKS[0].name])
     assert empty_panel_note(shares[shares.task == TASKS[1].name]) is None
+
+
+# --- a report people read --------------------------------------------------------------------
+def test_report_reads_headline_first_glossary_and_folded_configuration_last(tmp_path, preds):
+    from geoxray.score.report import GLOSSARY, build_sections, glossary_rows
+
+    tables = compute_tables(preds, n_boot=N_BOOT)
+    write_report(tmp_path, preds=preds, manifest={"model": "good", "config": {"a": 1}},
+                 n_boot=N_BOOT)
+    text = (tmp_path / "report.md").read_text()
+    headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0] == "Headline" and headings[-2:] == ["Glossary", "Configuration"]
+    assert text.index("<details>") > text.index("## Configuration")
+    html = (tmp_path / "report.html").read_text()
+    assert "<details><summary>" in html and html.index("<details>") > html.index("Glossary")
+    # the headline: one row per (task, model), task order, accuracy with CI and chance
+    head_rows = [line for line in text.split("## Accuracy per task")[0].splitlines()
+                 if line.startswith("| 1. Pose, fixed position")]
+    assert len(head_rows) == preds["model"].nunique()
+    # every column of every table in the report has a glossary entry
+    sections = build_sections(preds, tables, {"model": "good"}, {}, {}, [])
+    shown = {c for _, blocks in sections for b in blocks if b.table is not None
+             for c in b.table.columns}
+    defined = set(glossary_rows(sorted(shown))["column"])
+    missing = {c for c in shown if c not in defined and not (
+        c.startswith("task ") and "task N" in defined)} - {"column", "meaning"}
+    assert not missing, missing
+    assert all(GLOSSARY[k] for k in defined)
+
+
+def test_console_table_has_one_row_per_task_and_model():
+    from geoxray.score.report import console_table
+
+    one = make_predictions("solo", "mostly_right", seed=3)
+    text = console_table(compute_tables(one, n_boot=N_BOOT))
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(TASKS)  # header, rule, one row per task
+    assert lines[0].split()[:2] == ["task", "n"] and "model" not in lines[0]
+    acc = compute_tables(one, n_boot=N_BOOT).accuracy.query("instance == 'all'")
+    first = acc.sort_values("task_number").iloc[0]
+    assert f"{first['accuracy']:.3f}" in lines[2] and lines[2].startswith("1. Pose, fixed")
+    two = pd.concat([one, make_predictions("other", "constant", seed=4)])
+    lines = console_table(compute_tables(two, n_boot=N_BOOT)).splitlines()
+    assert "model" in lines[0] and len(lines) == 2 + 2 * len(TASKS)
+
+
+def test_fixed_vs_random_legend_names_models_apart_from_conditions(tmp_path, monkeypatch):
+    """A model called `random` must not read as the random-position condition."""
+    from geoxray.score import plots
+
+    seen = {}
+    original = plots._legend_outside
+
+    def spy(ax, handles=None, labels=None):
+        seen["labels"] = labels
+        return original(ax, handles, labels)
+
+    monkeypatch.setattr(plots, "_legend_outside", spy)
+    frame = make_predictions("random", "uniform", seed=5)
+    plots.plot_fixed_vs_random(compute_tables(frame, n_boot=N_BOOT).accuracy,
+                               tmp_path / "fvr.png")
+    assert "model: random" in seen["labels"]
+    assert not any(label == "random position" for label in seen["labels"])
+    assert any("9 crops" in label for label in seen["labels"])
+
+
+def test_zero_bars_are_drawn_and_labelled():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    from geoxray.score.plots import label_bars
+
+    fig, ax = plt.subplots()
+    label_bars(ax, [0.0, 1.0, 2.0], [0.0, 0.5, float("nan")], [0.1, 0.6, float("nan")], 0.4,
+               "red")
+    stubs = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(stubs) == 1  # only the zero bar gets a stub
+    assert [t.get_text() for t in ax.texts] == ["0.00", "0.50", "n/a"]
+    plt.close(fig)

@@ -18,7 +18,8 @@ _EXPORTS = {
     "option_shares": "tables", "invalid_reasons": "tables", "leaderboard": "tables",
     "compute_tables": "tables", "write_tables": "tables",
     "write_plots": "plots",
-    "read_predictions": "report", "write_report": "report",
+    "read_predictions": "report", "write_report": "report", "console_table": "report",
+    "headline_table": "report",
 }
 __all__ = sorted(_EXPORTS)
 

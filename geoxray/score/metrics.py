@@ -1,6 +1,8 @@
-"""Score arithmetic on plain arrays: accuracy with a location-clustered bootstrap CI, and the
+"""Score arithmetic on plain arrays: accuracy with a location-clustered CI (Wilson score with
+a CR2 effective sample size and a t quantile: `geoxray.score.intervals`), and the
 choice-bias figures (H_norm, KL, KL to uniform, p_mode, a_mode) from answer counts or from
-expected option probabilities. Pure numpy; `docs/metrics.md` gives the definitions.
+expected option probabilities, with location-bootstrap CIs. Pure numpy; `docs/metrics.md`
+gives the definitions.
 
 Nothing here knows a task: callers pass the options (from `geoxray.bench.tasks`).
 """
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from geoxray.score.intervals import wilson_cluster_ci
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_SEED = 0
@@ -27,7 +31,7 @@ class Accuracy:
     correct: int
     invalid: int  # items without a parsed option (counted as wrong)
     accuracy: float  # correct / n; NaN when n == 0
-    ci_low: float  # percentile bootstrap CI, resampling clusters (locations)
+    ci_low: float  # cluster Wilson-t CI over locations (NaN with < 2 locations)
     ci_high: float
 
 
@@ -84,15 +88,17 @@ def is_valid(pred: Any, options: Sequence[str] | None = None) -> bool:
 def accuracy(pred: Sequence[Any], gold: Sequence[Any], clusters: Sequence[Any], *,
              options: Sequence[str] | None = None, n_boot: int = DEFAULT_N_BOOT,
              seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL) -> Accuracy:
-    """Accuracy over all items (an invalid answer is wrong) and its cluster bootstrap CI.
-    `clusters` is each item's resampling unit (its location). An answer is invalid when it
-    is not `is_valid` (None, NaN, or outside `options` when given)."""
+    """Accuracy over all items (an invalid answer is wrong) and its CI over `clusters`, each
+    item's location (`intervals.wilson_cluster_ci`: it holds its level from 8 locations,
+    where the percentile bootstrap covers ~89%). An answer is invalid when it is not
+    `is_valid` (None, NaN, or outside `options` when given). `n_boot` and `seed` are kept
+    for callers; the accuracy interval is analytic and uses neither."""
     n = len(pred)
     if n == 0:
         return Accuracy(0, 0, 0, math.nan, math.nan, math.nan)
     hit = is_correct(pred, gold)
     invalid = sum(1 for p in pred if not is_valid(p, options))
-    low, high = cluster_bootstrap_ci(hit, clusters, n_boot=n_boot, seed=seed, level=level)
+    low, high = wilson_cluster_ci(hit, clusters, level=level)
     return Accuracy(n, int(hit.sum()), invalid, float(hit.mean()), low, high)
 
 
@@ -222,3 +228,76 @@ def expected_bias(option_probs: Sequence[Any], gold: Sequence[Any],
     p = np.mean(np.vstack(rows), axis=0)
     q = option_counts(golds, options) / n_valid
     return bias_from_shares(p, q, options, len(gold), n_valid)
+
+
+# --- bias intervals ----------------------------------------------------------------------------
+BIAS_CI_FIGURES = ("h_norm", "kl_uniform", "p_mode")
+
+
+def _figures(p: np.ndarray) -> np.ndarray:
+    """Rows of distributions p (B x K) -> columns h_norm, kl_uniform, p_mode (B x 3)."""
+    K = p.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    h = -plogp.sum(axis=1)
+    return np.column_stack([np.clip(h / math.log(K), 0.0, 1.0),
+                            np.clip(math.log(K) - h, 0.0, None), p.max(axis=1)])
+
+
+def bias_bootstrap_ci(shares: np.ndarray, clusters: Sequence[Any], *,
+                      n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED,
+                      level: float = DEFAULT_LEVEL) -> dict[str, tuple[float, float]]:
+    """Percentile location-bootstrap CIs of h_norm, kl_uniform and p_mode.
+
+    `shares` is one row per valid item over the task's options: one-hot for an answer count,
+    the renormalised option probabilities for an expected distribution. Each resample draws
+    the G locations with replacement (rows of rng.integers(0, G, size=(B, G)), as in
+    `cluster_bootstrap_ci`), sums their rows and normalises. NaN with no rows or one location.
+    Note: p_mode's bootstrap distribution sits above its estimate when options are near-tied
+    (a max is biased upward); the interval is a percentile interval, read it as such."""
+    x = np.asarray(shares, dtype=np.float64)
+    nan = {name: (math.nan, math.nan) for name in BIAS_CI_FIGURES}
+    if x.ndim != 2 or x.shape[0] == 0:
+        return nan
+    _, codes = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    codes = codes.ravel()
+    G = int(codes.max()) + 1
+    if G < 2:
+        return nan
+    per_loc = np.zeros((G, x.shape[1]))
+    np.add.at(per_loc, codes, x)
+    rng = np.random.default_rng(seed)
+    figures = np.empty((n_boot, len(BIAS_CI_FIGURES)))
+    rows_per_chunk = max(1, _MAX_DRAWS_PER_CHUNK // G)
+    for start in range(0, n_boot, rows_per_chunk):
+        rows = min(rows_per_chunk, n_boot - start)
+        drawn = rng.integers(0, G, size=(rows, G))
+        # times each location is drawn in each resample, then one matrix product
+        weights = np.bincount((np.arange(rows)[:, None] * G + drawn).ravel(),
+                              minlength=rows * G).reshape(rows, G)
+        totals = weights @ per_loc
+        figures[start:start + rows] = _figures(totals / totals.sum(axis=1, keepdims=True))
+    alpha = 1.0 - level
+    low, high = np.quantile(figures, [alpha / 2, 1 - alpha / 2], axis=0)
+    return {name: (float(low[i]), float(high[i])) for i, name in enumerate(BIAS_CI_FIGURES)}
+
+
+def share_rows(pred: Sequence[Any], options: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(one-hot rows of the valid answers, their positions in `pred`)."""
+    position = {o: i for i, o in enumerate(options)}
+    keep = [i for i, p in enumerate(pred) if is_valid(p, options)]
+    x = np.zeros((len(keep), len(options)))
+    x[np.arange(len(keep)), [position[pred[i]] for i in keep]] = 1.0
+    return x, np.asarray(keep, dtype=np.int64)
+
+
+def prob_rows(option_probs: Sequence[Any], options: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(renormalised probability rows of the items that have usable ones, their positions)."""
+    rows, keep = [], []
+    for i, probs in enumerate(option_probs):
+        vec = prob_vector(probs, options)
+        if vec is not None:
+            rows.append(vec)
+            keep.append(i)
+    x = np.vstack(rows) if rows else np.zeros((0, len(options)))
+    return x, np.asarray(keep, dtype=np.int64)

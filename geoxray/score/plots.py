@@ -58,6 +58,30 @@ def _task_totals(accuracy: pd.DataFrame) -> pd.DataFrame:
     return totals
 
 
+def zero_stubs(ax, x, heights, width, color) -> None:
+    """A bar of height 0 drawn as a short thick line at the base in the bar's colour: a zero
+    is a result, not a missing bar."""
+    for xi, h in zip(np.atleast_1d(x), np.atleast_1d(heights)):
+        if np.isfinite(h) and h <= 0.004:
+            ax.hlines(0.004, xi - width / 2, xi + width / 2, colors=[color], linewidth=3,
+                      zorder=3)
+
+
+def label_bars(ax, x, heights, tops, width, color, fontsize: int = 7) -> None:
+    """Value labels above each bar (above its CI when `tops` are given) and a visible stub for
+    a bar of height 0 (`zero_stubs`); NaN is labelled `n/a`."""
+    zero_stubs(ax, x, heights, width, color)
+    for xi, h, top in zip(np.atleast_1d(x), np.atleast_1d(heights), np.atleast_1d(tops)):
+        if not np.isfinite(h):
+            ax.text(xi, 0.01, "n/a", ha="center", va="bottom", fontsize=fontsize,
+                    color="dimgray")
+            continue
+        y = max(h, top if np.isfinite(top) else h) + 0.012
+        ax.text(xi, y, f"{h:.2f}", ha="center", va="bottom", fontsize=fontsize,
+                rotation=90 if width < 0.12 else 0, zorder=4,  # readable over the chance line
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.3))
+
+
 def _legend_outside(ax, handles=None, labels=None) -> None:
     kwargs = {} if handles is None else {"handles": handles, "labels": labels}
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9,
@@ -82,15 +106,18 @@ def plot_accuracy(accuracy: pd.DataFrame, path: Path) -> Path | None:
         acc = rows["accuracy"].to_numpy(dtype=float)
         err = np.vstack([acc - rows["ci_low"].to_numpy(dtype=float),
                          rows["ci_high"].to_numpy(dtype=float) - acc])
-        ax.bar(x - 0.4 + width * (i + 0.5), acc, width, yerr=np.nan_to_num(err).tolist(),
+        centres = x - 0.4 + width * (i + 0.5)
+        ax.bar(centres, acc, width, yerr=np.maximum(np.nan_to_num(err), 0.0).tolist(),
                capsize=3, color=color, label=name, edgecolor="white", linewidth=0.5)
+        label_bars(ax, centres, acc, rows["ci_high"].to_numpy(dtype=float), width, color)
     for j, task in enumerate(tasks):
         ax.hlines(1.0 / get_task(task).K, j - 0.45, j + 0.45, colors="black",
                   linestyles="dashed", linewidth=1, label="chance (1/K)" if j == 0 else None)
     ax.set_xticks(x, [_wrap(task_label(t)) for t in tasks], fontsize=8)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy (invalid = wrong)")
-    ax.set_title("Accuracy by task (95% CI, bootstrap over locations)")
+    ax.set_title("Accuracy by task (95% CI over locations)")
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()  # models first, chance last
     order = sorted(range(len(labels)), key=lambda i: labels[i] == "chance (1/K)")
@@ -128,10 +155,16 @@ def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
         for i, name in enumerate(present):
             rows = part[part["series"] == name].set_index("option").reindex(spec.options)
             left = x - 0.4 + width * i
-            handles[name] = ax.bar(left + width / 2, rows["share"].to_numpy(float), width,
+            share = rows["share"].to_numpy(float)
+            handles[name] = ax.bar(left + width / 2, share, width,
                                    color=base_color[base_of[name]],
                                    hatch="//" if name.endswith("(expected)") else None,
                                    edgecolor="white", linewidth=0.5)
+            if len(present) * spec.K <= 12 and part["n_valid"].fillna(0).max() > 0:
+                label_bars(ax, left + width / 2, share, share, width,
+                           base_color[base_of[name]], fontsize=6)
+            else:  # too many bars for labels; zeros stay visible
+                zero_stubs(ax, left + width / 2, share, width, base_color[base_of[name]])
             # Gold share over the same (valid) items as this bar: a black mark across it.
             handles["gold share (same items)"] = ax.hlines(
                 rows["gold_share"].to_numpy(float), left, left + width, colors="black",
@@ -145,7 +178,8 @@ def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
         ax.set_xticks(x, [o.replace("_", "\n") for o in spec.options],
                       fontsize=7 if spec.K > 4 else 9)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.15)
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_title(_wrap(task_label(task), 30), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(tasks):]:
@@ -193,26 +227,32 @@ def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path) -> Path | None:
                 acc = float(r["accuracy"])
                 # Nested lists, not a (2, 1) array: matplotlib probes a one-element row
                 # with math.isfinite, which numpy deprecates.
-                err = [[_finite(acc - float(r["ci_low"]))],
-                       [_finite(float(r["ci_high"]) - acc)]]
-                ax.bar([j - 0.4 + width * (2 * i + k + 0.5)], [acc], width,
+                err = [[max(0.0, _finite(acc - float(r["ci_low"])))],
+                       [max(0.0, _finite(float(r["ci_high"]) - acc))]]
+                centre = j - 0.4 + width * (2 * i + k + 0.5)
+                ax.bar([centre], [acc], width,
                        yerr=err, capsize=3, color=colors[i],
                        alpha=1.0 if k == 0 else 0.55, hatch=None if k == 0 else "//",
                        edgecolor="white", linewidth=0.5)
+                label_bars(ax, [centre], [acc], [float(r["ci_high"])], width, colors[i])
         ax.hlines(1.0 / fixed.K, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
                   linewidth=1)
     ax.set_xticks(np.arange(len(pairs)),
                   [f"{_wrap(task_label(f.name), 26)}\nvs\n{_wrap(task_label(r.name), 26)}"
                    for f, r in pairs], fontsize=8)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.15)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy (invalid = wrong)")
-    ax.set_title("Fixed vs random position (random = 9 crops of the tile)")
+    ax.set_title("Same questions on the whole tile (solid) and on its 9 crops (hatched)")
     ax.grid(axis="y", alpha=0.3)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    handles = [Patch(color=c, label=s) for s, c in zip(series, colors)]
-    handles += [Patch(facecolor="grey", label="fixed position"),
-                Patch(facecolor="grey", alpha=0.55, hatch="//", label="random position"),
+    # Two legend groups with their own titles: a model named e.g. `random` must not read as
+    # the "random position" condition.
+    handles = [Patch(color=c, label=f"model: {s}") for s, c in zip(series, colors)]
+    handles += [Patch(facecolor="grey", label="bar: whole tile (fixed-position task)"),
+                Patch(facecolor="grey", alpha=0.55, hatch="//",
+                      label="bar: 9 crops (random-position task)"),
                 Line2D([], [], color="black", linestyle="dashed", label="chance (1/K)")]
     _legend_outside(ax, handles, [h.get_label() for h in handles])
     return _save(fig, path)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import TASK_BY_NAME
+from geoxray.score.glossary import GLOSSARY, glossary_rows  # noqa: F401 (re-exported)
 from geoxray.score.metrics import DEFAULT_N_BOOT, DEFAULT_SEED
 from geoxray.score.plots import write_plots
 from geoxray.score.tables import (ALL, Tables, format_cell, compute_tables, series_labels,
@@ -37,7 +38,7 @@ def prediction_files(out_dir: str | Path) -> list[Path]:
 
 # What scoring reads: the raw reply text (the bulk of a part) stays on disk.
 SCORE_COLUMNS = ("key", "model", "decode", "task", "instance", "location", "answer", "pred",
-                 "invalid_reason", "option_probs")
+                 "invalid_reason", "option_probs", "variant", "base_item_id")
 
 
 def read_predictions(out_dir: str | Path, problems: list[str] | None = None,
@@ -103,11 +104,12 @@ def _flatten(value: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, st
 # --- content: sections of blocks, rendered to Markdown and to HTML -----------------------------
 @dataclass
 class Block:
-    kind: str  # "text" | "table" | "image" | "links"
+    kind: str  # "text" | "table" | "details" (a folded table) | "image" | "links"
     text: str = ""
     table: pd.DataFrame | None = None
     path: Path | None = None
     links: list[tuple[str, list[tuple[str, str]]]] | None = None  # label, [(text, href)]
+    digits: int = 4  # decimals of float cells
 
 
 def _instance_pivots(tables: Tables) -> list[tuple[str, pd.DataFrame]]:
@@ -141,53 +143,138 @@ def _summary(preds: pd.DataFrame, tables: Tables) -> str:
             f"task(s); {invalid} invalid{share}. Models: {models}.")
 
 
+# --- the headline: one row per (task, model) --------------------------------------------------
+HEADLINE_COLUMNS = ["task", "model", "n", "accuracy", "95% CI", "chance", "vs chance",
+                    "invalid %", "p_mode", "mode_option", "h_norm"]
+
+
+def headline_table(tables: Tables) -> pd.DataFrame:
+    """Task x model at a glance: accuracy with its CI against chance, the invalid share and
+    the choice bias from answer counts. Rows in task order, models in table order."""
+    totals = tables.accuracy[tables.accuracy["instance"] == ALL]
+    if totals.empty:
+        return pd.DataFrame(columns=HEADLINE_COLUMNS)
+    counts = tables.bias[tables.bias["source"] == "counts"].set_index(
+        ["model", "decode", "task"])
+    rows = []
+    for r, label in zip(totals.itertuples(index=False), series_labels(totals)):
+        b = counts.loc[(r.model, r.decode, r.task)] if (r.model, r.decode, r.task) in \
+            counts.index else None
+        ci = ("" if r.ci_low != r.ci_low else f"{r.ci_low:.3f}-{r.ci_high:.3f}")
+        rows.append({"task": task_label(r.task), "model": label, "n": r.n,
+                     "accuracy": r.accuracy, "95% CI": ci, "chance": r.chance,
+                     "vs chance": ("" if not ci else "above" if r.ci_low > r.chance else
+                                   "below" if r.ci_high < r.chance else "~"),
+                     "invalid %": f"{100.0 * r.invalid / r.n:.1f}" if r.n else "",
+                     "p_mode": None if b is None else b["p_mode"],
+                     "mode_option": None if b is None else b["mode_option"],
+                     "h_norm": None if b is None else b["h_norm"], "_t": r.task_number})
+    table = pd.DataFrame(rows)
+    table = table.sort_values("_t", kind="stable").drop(columns="_t").reset_index(drop=True)
+    for c in ("p_mode", "h_norm"):
+        table[c] = table[c].astype(float)
+    return table[HEADLINE_COLUMNS]
+
+
+def console_table(tables: Tables) -> str:
+    """The compact table a run ends with on the console: one row per task (and model when
+    there are several), plain aligned text."""
+    head = headline_table(tables)
+    if head.empty:
+        return "(no scored items)"
+    several = head["model"].nunique() > 1
+    columns = ["task"] + (["model"] if several else []) + [
+        "n", "accuracy", "95% CI", "chance", "invalid %", "p_mode"]
+    text = [[str(c) for c in columns]]
+    for r in head[columns].itertuples(index=False):
+        text.append([format_cell(v, 3) if not isinstance(v, str) else v for v in r])
+    widths = [max(len(row[i]) for row in text) for i in range(len(columns))]
+    lines = []
+    for j, row in enumerate(text):
+        cells = [cell.ljust(w) if i < (2 if several else 1) else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _optional_sections(preds: pd.DataFrame) -> list[tuple[str, list[Block]]]:
+    """Consistency and prior-corrected scores, where the predictions carry item variants."""
+    if "variant" not in preds.columns or "base_item_id" not in preds.columns:
+        return []
+    from geoxray.score.consistency import consistency_table, pride_table
+
+    frame = preds[preds["variant"].notna()]
+    out = []
+    table = consistency_table(frame)
+    if len(table):
+        out.append(("Geometric consistency", [
+            Block("text", "Each item asked again with its images turned, mirrored or its "
+                          "candidates reordered, the gold moved with the geometry. A model "
+                          "that reads geometry is right on every variant (circular_accuracy) "
+                          "and does not flip; one that repeats a favourite answer flips."),
+            Block("table", table=_labelled(table))]))
+    pride = pride_table(frame)
+    if len(pride):
+        out.append(("Prior-corrected accuracy (PriDe)", [
+            Block("text", "Prior over option labels estimated from the variants of 20% of "
+                          "the items; accuracy of the argmax before and after removing it."),
+            Block("table", table=_labelled(pride))]))
+    return out
+
+
 def build_sections(preds: pd.DataFrame, tables: Tables, manifest: dict | None,
                    table_paths: dict[str, Path], plot_paths: dict[str, Path],
                    problems: list[str]) -> list[tuple[str, list[Block]]]:
+    """The report, in reading order: headline, problems, details, glossary, configuration.
+    Each section is (heading, blocks); add a line or a column by adding a Block."""
     sections: list[tuple[str, list[Block]]] = []
-    if manifest:
-        info = pd.DataFrame(_flatten(manifest), columns=["key", "value"])
-        sections.append(("Run", [Block("table", table=info)]))
-    if problems:  # first after the run info, so nobody reads scores without seeing them
-        sections.append(("Problems", [Block("text", "\n".join(f"- {p}" for p in problems))]))
     head = [Block("text", _summary(preds, tables))]
-    if not tables.leaderboard.get("accuracy", pd.DataFrame()).empty:
-        head += [Block("text", "Accuracy per task (task totals; invalid answers count as "
-                               "wrong):"),
-                 Block("table", table=tables.leaderboard["accuracy"].reset_index())]
+    headline = headline_table(tables)
+    if len(headline):
+        head += [Block("table", table=headline, digits=3)]
+    if "accuracy.png" in plot_paths:
+        head.append(Block("image", text="accuracy.png", path=plot_paths["accuracy.png"]))
     sections.append(("Headline", head))
+    if problems:  # right after the headline, so nobody reads scores without seeing them
+        sections.append(("Problems", [Block("text", "\n".join(f"- {p}" for p in problems))]))
     totals = _labelled(tables.accuracy[tables.accuracy["instance"] == ALL])
     sections.append(("Accuracy per task, 95% CI", [
-        Block("text", "CI: percentile bootstrap resampling locations (see docs/metrics.md)."),
         Block("table", table=totals[["model", "decode", "task", "n", "correct", "invalid",
                                      "accuracy", "ci_low", "ci_high", "chance"]])]))
     per_instance = [Block("text", "Accuracy by source instance; CIs in tables/accuracy.csv.")]
     for name, pivot in _instance_pivots(tables):
         per_instance += [Block("text", f"**{name}**"), Block("table", table=pivot)]
     sections.append(("Accuracy per instance", per_instance))
-    bias = _labelled(tables.bias)
     bias_blocks = [Block("text", "Over valid answers (`counts`) and, where option "
                                  "probabilities were scored, over the expected distribution "
                                  "(`expected`). p_mode near 1 and h_norm near 0 mean the "
                                  "model keeps giving one answer.")]
-    for name in ("p_mode", "h_norm"):
-        pivot = tables.leaderboard.get(name, pd.DataFrame())
-        if not pivot.empty:
-            bias_blocks += [Block("text", f"{name} per task (answer counts):"),
-                            Block("table", table=pivot.reset_index())]
-    bias_blocks += [Block("text", "All figures:"), Block("table", table=bias)]
+    if "option_shares.png" in plot_paths:
+        bias_blocks.append(Block("image", text="option_shares.png",
+                                 path=plot_paths["option_shares.png"]))
+    bias_blocks += [Block("table", table=_labelled(tables.bias))]
     sections.append(("Choice bias", bias_blocks))
+    sections += _optional_sections(preds)
+    if "fixed_vs_random.png" in plot_paths:
+        sections.append(("Fixed vs random position", [
+            Block("image", text="fixed_vs_random.png", path=plot_paths["fixed_vs_random.png"])]))
     invalid = _labelled(tables.invalid)
     sections.append(("Invalid answers by reason",
                      [Block("table", table=invalid) if len(invalid)
                       else Block("text", "No invalid answers.")]))
-    if plot_paths:
-        sections.append(("Plots", [Block("image", text=name, path=path)
-                                   for name, path in plot_paths.items()]))
     stems = dict.fromkeys(Path(name).stem for name in table_paths)
     sections.append(("Tables", [Block("links", links=[
         (stem, [(Path(n).suffix[1:].upper(), f"tables/{n}") for n in table_paths
                 if Path(n).stem == stem]) for stem in stems])]))
+    shown = [c for _, blocks in sections for b in blocks if b.kind == "table"
+             for c in b.table.columns]
+    sections.append(("Glossary", [Block("table", table=glossary_rows(shown))]))
+    if manifest:
+        info = pd.DataFrame(_flatten(manifest), columns=["key", "value"])
+        sections.append(("Configuration", [Block("details", text="run configuration and "
+                                                 "versions (manifest.json)", table=info)]))
     return sections
 
 
@@ -199,7 +286,10 @@ def render_markdown(title: str, sections: list[tuple[str, list[Block]]]) -> str:
             if b.kind == "text":
                 out.append(b.text + "\n")
             elif b.kind == "table":
-                out.append(to_markdown(b.table))
+                out.append(to_markdown(b.table, digits=b.digits))
+            elif b.kind == "details":  # folded on GitHub and in HTML viewers
+                out.append(f"<details><summary>{b.text}</summary>\n\n{to_markdown(b.table)}"
+                           "\n</details>\n")
             elif b.kind == "image":
                 out.append(f"![{b.text}](plots/{b.path.name})\n")
             elif b.kind == "links":
@@ -215,13 +305,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;mar
 h2{border-bottom:2px solid #444;padding-bottom:2px;margin-top:1.6em}"""
 
 
-def _html_table(table: pd.DataFrame) -> str:
+def html_table(table: pd.DataFrame, digits: int = 4) -> str:
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.itertuples(index=False):
-        cells = "".join(f'<td class="num">{html.escape(format_cell(v, 4))}</td>' if num
-                        else f"<td>{html.escape(format_cell(v, 4))}</td>"
+        cells = "".join(f'<td class="num">{html.escape(format_cell(v, digits))}</td>' if num
+                        else f"<td>{html.escape(format_cell(v, digits))}</td>"
                         for v, num in zip(row, numeric))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -246,7 +336,10 @@ def render_html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
             if b.kind == "text":
                 out.append(_html_text(b.text))
             elif b.kind == "table":
-                out.append(_html_table(b.table))
+                out.append(html_table(b.table, digits=b.digits))
+            elif b.kind == "details":
+                out.append(f"<details><summary>{html.escape(b.text)}</summary>"
+                           f"{html_table(b.table)}</details>")
             elif b.kind == "image":  # embedded, so the HTML file stands alone
                 data = base64.b64encode(b.path.read_bytes()).decode("ascii")
                 out.append(f'<figure><img alt="{html.escape(b.text)}" '
@@ -275,11 +368,13 @@ def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
         preds = read_predictions(out_dir, problems)
     if manifest is None:
         manifest = read_manifest(out_dir, problems)
+    from geoxray.score.consistency import primary_rows
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tables = compute_tables(preds, n_boot=n_boot, seed=seed)
+        tables = compute_tables(primary_rows(preds), n_boot=n_boot, seed=seed)
     problems += [str(w.message) for w in caught]
-    table_paths = write_tables(preds, out_dir, tables=tables)
+    table_paths = write_tables(None, out_dir, tables=tables)
     plot_paths = write_plots(tables, out_dir)
     sections = build_sections(preds, tables, manifest, table_paths, plot_paths, problems)
     (out_dir / "report.html").write_text(render_html(title, sections))
@@ -289,4 +384,5 @@ def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
 
 
 __all__ = ["SCORE_COLUMNS", "prediction_files", "read_predictions", "read_manifest", "write_report",
-           "render_markdown", "render_html", "build_sections"]
+           "render_markdown", "render_html", "build_sections", "headline_table",
+           "console_table", "glossary_rows"]

@@ -25,7 +25,9 @@ GROUP = ["model", "decode", "task"]
 ACCURACY_COLUMNS = ["model", "decode", "task", "task_number", "task_title", "instance", "K",
                     "n", "correct", "invalid", "accuracy", "ci_low", "ci_high", "chance"]
 BIAS_COLUMNS = ["model", "decode", "task", "task_number", "K", "n", "n_valid", "h_norm", "kl",
-                "kl_uniform", "p_mode", "mode_option", "a_mode", "invalid_rate", "source"]
+                "kl_uniform", "p_mode", "mode_option", "a_mode", "invalid_rate", "source",
+                "h_norm_low", "h_norm_high", "kl_uniform_low", "kl_uniform_high",
+                "p_mode_low", "p_mode_high"]
 SHARE_COLUMNS = ["model", "decode", "task", "task_number", "source", "option", "share",
                  "gold_share", "n_valid"]
 INVALID_COLUMNS = ["model", "decode", "task", "task_number", "reason", "count", "share"]
@@ -88,7 +90,7 @@ def _ordered(table: pd.DataFrame, columns: list[str], by: list[str]) -> pd.DataF
 def accuracy_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
                    seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """One row per (model, decode, task, instance) plus instance `all` for the task total:
-    n, correct, invalid, accuracy (invalid = wrong) and its 95% location bootstrap CI."""
+    n, correct, invalid, accuracy (invalid = wrong) and its 95% CI over locations."""
     df, _ = _split_known(prepare(preds))
     rows = []
     for model, decode, spec, g in _groups(df):
@@ -109,28 +111,45 @@ def accuracy_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
                                               "instance"])
 
 
-def _bias_rows(df: pd.DataFrame):
-    """(group fields, source, Bias) for every group: `counts` always, `expected` where any
-    item carries option probabilities."""
+def _bias_rows(df: pd.DataFrame, n_boot: int = 0, seed: int = DEFAULT_SEED):
+    """(group fields, source, Bias, CIs) for every group: `counts` always, `expected` where
+    any item carries option probabilities. CIs (`metrics.bias_bootstrap_ci`) only when
+    n_boot > 0, else empty."""
     for model, decode, spec, g in _groups(df):
         key = {"model": model, "decode": decode, "task": spec.name,
                "task_number": spec.number}
         gold = g["answer"].tolist()
-        yield key, "counts", metrics.choice_bias(g["pred"].tolist(), gold, spec.options)
+        locations = g["location"].to_numpy()
+        pred = g["pred"].tolist()
+        ci = {}
+        if n_boot > 0:
+            x, keep = metrics.share_rows(pred, spec.options)
+            ci = metrics.bias_bootstrap_ci(x, locations[keep], n_boot=n_boot, seed=seed)
+        yield key, "counts", metrics.choice_bias(pred, gold, spec.options), ci
         probs = g["option_probs"].tolist()
         if any(p is not None for p in probs):
-            yield key, "expected", metrics.expected_bias(probs, gold, spec.options)
+            if n_boot > 0:
+                x, keep = metrics.prob_rows(probs, spec.options)
+                ci = metrics.bias_bootstrap_ci(x, locations[keep], n_boot=n_boot, seed=seed)
+            yield key, "expected", metrics.expected_bias(probs, gold, spec.options), ci
 
 
-def bias_table(preds: pd.DataFrame) -> pd.DataFrame:
+def _ci_columns(ci: dict) -> dict:
+    return {f"{name}_{end}": ci.get(name, (np.nan, np.nan))[i]
+            for name in metrics.BIAS_CI_FIGURES for i, end in enumerate(("low", "high"))}
+
+
+def bias_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
+               seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """Choice bias per (model, decode, task) over the valid answers (source `counts`), and
-    from the expected option distribution where option_probs exist (source `expected`)."""
+    from the expected option distribution where option_probs exist (source `expected`),
+    with percentile location-bootstrap CIs of h_norm, kl_uniform and p_mode."""
     df, _ = _split_known(prepare(preds))
     rows = [{**key, "K": b.K, "n": b.n, "n_valid": b.n_valid, "h_norm": b.h_norm,
              "kl": b.kl, "kl_uniform": b.kl_uniform, "p_mode": b.p_mode,
              "mode_option": b.mode_option, "a_mode": b.a_mode,
-             "invalid_rate": b.invalid_rate, "source": source}
-            for key, source, b in _bias_rows(df)]
+             "invalid_rate": b.invalid_rate, "source": source, **_ci_columns(ci)}
+            for key, source, b, ci in _bias_rows(df, n_boot, seed)]
     return _ordered(pd.DataFrame(rows, columns=BIAS_COLUMNS), BIAS_COLUMNS,
                     ["model", "decode", "task_number", "source"])
 
@@ -140,7 +159,7 @@ def option_shares(preds: pd.DataFrame) -> pd.DataFrame:
     task, beside the gold share over the same items. Options in the task's order."""
     df, _ = _split_known(prepare(preds))
     rows = []
-    for key, source, b in _bias_rows(df):
+    for key, source, b, _ in _bias_rows(df):
         options = get_task(key["task"]).options
         for i, option in enumerate(options):
             rows.append({**key, "source": source, "option": option, "share": b.shares[i],
@@ -230,7 +249,7 @@ def compute_tables(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
     with warnings.catch_warnings():  # unknown tasks: warn once, from invalid_reasons
         warnings.simplefilter("ignore")
         acc = accuracy_table(df, n_boot=n_boot, seed=seed)
-        bias = bias_table(df)
+        bias = bias_table(df, n_boot=n_boot, seed=seed)
         shares = option_shares(df)
     invalid = invalid_reasons(df)
     return Tables(acc, bias, shares, invalid, leaderboard(accuracy=acc, bias=bias))

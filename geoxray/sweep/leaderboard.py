@@ -1,6 +1,8 @@
 """A sweep's leaderboard: the predictions of its finished points, scored together.
 
     SWEEP_DIR/leaderboard/              (one data variant; with several: leaderboard/<data>/)
+      tables/leaderboard_ranked.{csv,md}     models ranked by mean accuracy, marked cells
+      tables/compare_{pairs,cells}.{csv,md}  paired tests behind the marks (sweep/compare.py)
       tables/leaderboard_accuracy.{csv,md}   accuracy, task x model
       tables/leaderboard_p_mode.{csv,md}     choice bias (share of the most given answer)
       tables/leaderboard_h_norm.{csv,md}     choice bias (normalised answer entropy)
@@ -8,7 +10,8 @@
       plots/{accuracy,option_shares,fixed_vs_random}.png
       report.html, report.md                 the score package's report over all models
       points.{csv,md}                        every point: status, counts, wall time, error
-      index.html                             links to all of the above and to each point
+      index.html                             the ranked leaderboard, links to all of the
+                                             above and to each point
 
 Scoring is the score package's (`geoxray.score.report.write_report`); this module only
 gathers the points and adds the index and the points table.
@@ -29,6 +32,8 @@ from geoxray.sweep.spec import SweepSpec
 # What scoring reads; reply text and error details stay on disk (they dominate the size).
 SCORE_COLUMNS = ["key", "item_id", "model", "decode", "task", "instance", "location", "crop",
                  "answer", "pred", "invalid_reason", "option_probs"]
+# Read where the predictions have them (item variants of a consistency run).
+VARIANT_COLUMNS = ["variant", "base_item_id"]
 POINT_COLUMNS = ["point", "model", "data", "decode", "status", "predictions", "invalid",
                  "wall_s", "attempts", "error"]
 
@@ -39,12 +44,14 @@ def point_predictions(out_dir: Path, series: str) -> pd.DataFrame:
     parts = []
     for part in store.parts(out_dir):
         try:
-            parts.append(pq.read_table(part, columns=SCORE_COLUMNS))
+            present = set(pq.ParquetFile(part).schema_arrow.names)
+            parts.append(pq.read_table(part, columns=SCORE_COLUMNS + [
+                c for c in VARIANT_COLUMNS if c in present]))
         except Exception:  # the point's own report names unreadable parts; skip them here
             continue
     if not parts:
         return pd.DataFrame(columns=SCORE_COLUMNS)
-    frame = pa.concat_tables(parts).to_pandas()
+    frame = pa.concat_tables(parts, promote_options="permissive").to_pandas()
     frame = frame.drop_duplicates("key", keep="first").reset_index(drop=True)
     frame["model"] = series
     return frame
@@ -99,11 +106,13 @@ def _write_board(folder: Path, sweep_dir: Path, spec: SweepSpec, data: str,
                "not done": failed or "none"}
     write_report(folder, preds=preds, manifest=summary, n_boot=bootstrap,
                  title=f"geoxray sweep {spec.name} on {data}")
+    ranked = _write_ranked(folder, preds, bootstrap)
     table = points_table(points)
     table.to_csv(folder / "points.csv", index=False)
     (folder / "points.md").write_text(to_markdown(table))
     links = [("report (all tables and plots)", "report.html"), ("report (Markdown)", "report.md")]
-    for stem in ("leaderboard_accuracy", "leaderboard_p_mode", "leaderboard_h_norm",
+    for stem in ("leaderboard_ranked", "compare_pairs", "compare_cells",
+                 "leaderboard_accuracy", "leaderboard_p_mode", "leaderboard_h_norm",
                  "accuracy", "bias", "option_shares", "invalid"):
         for ext in ("csv", "md"):
             if (folder / "tables" / f"{stem}.{ext}").is_file():
@@ -112,12 +121,34 @@ def _write_board(folder: Path, sweep_dir: Path, spec: SweepSpec, data: str,
         links.append((png.name, f"plots/{png.name}"))
     links.append(("points (CSV)", "points.csv"))
     _write_index(folder / "index.html", f"geoxray sweep {spec.name} on {data}", links, table,
-                 folder, sweep_dir)
+                 folder, sweep_dir, ranked)
+
+
+def _write_ranked(folder: Path, preds: pd.DataFrame, bootstrap: int) -> str:
+    """tables/leaderboard_ranked.{csv,md} and compare_{pairs,cells}.{csv,md}: the series
+    ranked by mean accuracy with significance marks (`geoxray.sweep.compare`). Returns the
+    HTML of the ranked table, its legend and notes, for the index."""
+    from geoxray.score.report import html_table
+    from geoxray.score.tables import to_markdown
+    from geoxray.sweep.compare import MARK_LEGEND, ranked_leaderboard, write_comparison
+
+    if preds.empty:
+        return "<p>No finished point yet.</p>"
+    ranked, comparison = ranked_leaderboard(preds, n_boot=bootstrap)
+    tables = folder / "tables"
+    ranked.to_csv(tables / "leaderboard_ranked.csv", index=False)
+    legend = MARK_LEGEND.format(alpha=comparison.alpha)
+    (tables / "leaderboard_ranked.md").write_text(to_markdown(ranked, digits=3) + "\n"
+                                                  + legend + "\n")
+    write_comparison(comparison, tables)
+    notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in comparison.notes)
+    return html_table(ranked, digits=3) + f"<p>{html.escape(legend)}</p>" + notes
 
 
 def _write_index(path: Path, title: str, links: list[tuple[str, str]], table: pd.DataFrame,
-                 here: Path, sweep_dir: Path) -> None:
-    """A plain HTML page: the files, then every point with links to its own report."""
+                 here: Path, sweep_dir: Path, ranked: str = "") -> None:
+    """A plain HTML page: the ranked leaderboard (when given), the files, then every point
+    with links to its own report."""
     rows = []
     for r in table.itertuples(index=False):
         point_dir = sweep_dir / r.point
@@ -134,8 +165,11 @@ def _write_index(path: Path, title: str, links: list[tuple[str, str]], table: pd
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>body{font-family:system-ui,sans-serif;margin:2em auto;"
             "max-width:1100px}table{border-collapse:collapse;font-size:13px}td,th{border-bottom:"
-            "1px solid #ddd;padding:3px 8px;text-align:left}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><h2>Files</h2><ul>{body}</ul><h2>Points</h2>"
+            "1px solid #ddd;padding:3px 8px;text-align:left}td.num{text-align:right}"
+            "</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>"
+            + (f"<h2>Leaderboard</h2>{ranked}" if ranked else "")
+            + f"<h2>Files</h2><ul>{body}</ul><h2>Points</h2>"
             "<table><tr><th>point</th><th>status</th><th>predictions</th><th>invalid</th>"
             f"<th>wall s</th><th>error</th><th>links</th></tr>{''.join(rows)}</table>"
             "</body></html>")
