@@ -17,7 +17,7 @@ from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import get_task
 from geoxray.infer.engine import Engine, Reply, Request
 from geoxray.infer.images import ImageCache, ImageError, crop_view
-from geoxray.score.parse import parse_reply
+from geoxray.bench.parse import parse_reply
 
 
 class PredictStage:
