@@ -11,7 +11,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from geoxray.infer.config import DecodeConfig, ModelConfig
+from geoxray.infer.config import DecodeConfig, ModelConfig, ProtocolConfig
 
 DATA_KINDS = ("synthetic", "geoxbench", "index", "items", "sources")
 ENGINES = ("random", "constant", "prior", "vllm", "openai")
@@ -59,6 +59,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output_dir: Optional[str] = None
@@ -107,6 +108,11 @@ def validate(raw: DictConfig | dict) -> Config:
     _check_choice("data.kind", cfg.data.kind, DATA_KINDS)
     _check_choice("model.engine", cfg.model.engine, ENGINES)
     _check_choice("decode.mode", cfg.decode.mode, DECODE_MODES)
+    from geoxray.infer.protocol import ProtocolError, apply_protocol
+    try:  # the protocol resolves into plain model and decode settings, once, here
+        apply_protocol(cfg.model, cfg.decode, cfg.protocol)
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.run.batch_size < 1:
         raise ConfigError("config key 'run.batch_size': must be >= 1")
     if cfg.run.tasks:
