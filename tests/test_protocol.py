@@ -352,3 +352,30 @@ def test_one_item_per_task_equals_the_authors_request(task, sources, tmp_path):
                      return_tensors="np")["image_grid_thw"]
     ours_sizes = [(int(h) * 14, int(w) * 14) for _, h, w in grid]
     assert ours_sizes == [qwen_smart_resize(*i.shape[:2]) for i in theirs["images"]]
+
+
+# --- the checkpoint's repetition penalty ------------------------------------------------------
+@pytest.mark.parametrize("written, expected", [(1.05, 1.05), (None, 1.0)])
+def test_unset_repetition_penalty_is_the_checkpoints(written, expected, tmp_path):
+    """`repetition_penalty: null` (protocol=paper) takes generation_config.json's value as vLLM
+    reads the loaded checkpoint (ms-swift fills an unset RequestConfig field so); a set value
+    wins. vLLM's ModelConfig of a copy of the tiny model, no engine started."""
+    import json
+    import shutil
+
+    from vllm.config import ModelConfig as VLLMModelConfig
+
+    from geoxray.infer.config import DecodeConfig
+    from geoxray.infer.vllm_engine import repetition_penalty
+    from geoxray.models.tiny import resolve_model_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_path("tiny:qwen2vl", 0), folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen.pop("repetition_penalty", None)
+    if written is not None:
+        gen["repetition_penalty"] = written
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    vllm_config = VLLMModelConfig(model=str(folder), dtype="float32", max_model_len=2048)
+    assert repetition_penalty(DecodeConfig(repetition_penalty=None), vllm_config) == expected
+    assert repetition_penalty(DecodeConfig(repetition_penalty=1.2), vllm_config) == 1.2

@@ -103,6 +103,15 @@ def server_command(model: ModelConfig, host: str = "127.0.0.1", port: int = 8000
     return cmd
 
 
+def repetition_penalty(decode: DecodeConfig, model_config) -> float:
+    """The decode's value, or (None) the checkpoint's generation_config.json one as vLLM reads
+    it (`generation_config="auto"`, what ms-swift fills in for an unset value); 1.0 when the
+    checkpoint sets none. `model_config`: vLLM's ModelConfig of the loaded model."""
+    if decode.repetition_penalty is not None:
+        return float(decode.repetition_penalty)
+    return float(model_config.get_diff_sampling_param().get("repetition_penalty", 1.0))
+
+
 def _pil_part(image: np.ndarray, image_uuid: str) -> dict[str, Any]:
     from PIL import Image
     return {"type": "image_pil", "image_pil": Image.fromarray(np.ascontiguousarray(image)),
@@ -194,7 +203,8 @@ class AsyncVLLMEngine:
         prompt = await self._render(request)
         params = SamplingParams(temperature=decode.temperature, max_tokens=decode.max_tokens,
                                 seed=decode.seed,
-                                repetition_penalty=self.repetition_penalty(decode))
+                                repetition_penalty=repetition_penalty(decode,
+                                                                      self.llm.model_config))
         out = await self._run(prompt, params)
         gen = out.outputs[0]
         return Reply(text=gen.text, prompt_tokens=len(out.prompt_token_ids or ()),
@@ -238,14 +248,6 @@ class AsyncVLLMEngine:
                    "cached_tokens": gen_out.num_cached_tokens or 0})
 
     # --- plumbing -----------------------------------------------------------------------
-    def repetition_penalty(self, decode: DecodeConfig) -> float:
-        """The decode's value, or (None) the model's generation_config.json one, as vLLM
-        reads it (`generation_config="auto"`); 1.0 when the model sets none."""
-        if decode.repetition_penalty is not None:
-            return float(decode.repetition_penalty)
-        defaults = self.llm.model_config.get_diff_sampling_param()
-        return float(defaults.get("repetition_penalty", 1.0))
-
     def _trie(self, options: tuple[str, ...]):
         if options not in self._tries:
             tokens = {o: self.tokenizer.encode(option_text(o), add_special_tokens=False)
