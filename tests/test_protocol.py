@@ -280,9 +280,10 @@ def test_paper_settings_per_family_and_clean_keeps_the_model_config():
 
 def test_protocol_is_part_of_the_key_and_clean_keeps_old_keys():
     from geoxray.infer.protocol import key_parts
-    from geoxray.run.evaluate import decode_fingerprint, model_fingerprint
+    from geoxray.run.evaluate import decode_fingerprint, default_output_dir, model_fingerprint
     paper, clean = load_config([]), load_config(["protocol=clean"])
     assert key_parts(clean.protocol) == () and key_parts(paper.protocol) != ()
+    assert default_output_dir(paper) != default_output_dir(clean)  # tables never mix them
     assert model_fingerprint(paper.model) != model_fingerprint(clean.model)
     # clean: the fingerprints of runs made before protocols existed
     from dataclasses import asdict

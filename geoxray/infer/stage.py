@@ -12,6 +12,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from geoxray.bench.parse import parse_reply
 from geoxray.bench.prompts import get_prompt
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import get_task
@@ -19,7 +20,6 @@ from geoxray.infer.engine import Engine, Reply, Request
 from geoxray.infer.config import ProtocolConfig
 from geoxray.infer.images import ImageCache, ImageError
 from geoxray.infer.protocol import ProtocolCrops
-from geoxray.bench.parse import parse_reply
 
 
 class PredictStage:

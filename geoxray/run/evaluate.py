@@ -47,7 +47,8 @@ def decode_fingerprint(decode: DecodeConfig) -> str:
 
 
 def default_output_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}"
+    # one folder per protocol: its tables must not mix two protocols' answers
+    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}-{cfg.protocol.name}"
 
 
 @dataclass
