@@ -48,11 +48,6 @@ class RegexParser:
         m = self.pattern.search(reply)
         return self.cast(m.group(1)) if m else None
 
-    def __call__(self, reply: str | None) -> str | None:
-        """The strict canonical value (which may still be outside the task's options)."""
-        value = self.raw(reply)
-        return None if value is None else canonical(value)
-
 
 # The authors' four extractors (GeoX-Bench @89d40cf): Tasks/orin_task.py and
 # orin_task_random.py (direction), location_task.py and location_random_task.py

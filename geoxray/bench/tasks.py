@@ -110,8 +110,8 @@ class TaskSpec:
         return '{"%s": "%s"}' % (self.answer_field, option)
 
     def parse(self, reply: str | None) -> str | None:
-        """The strict canonical value of a free-text reply (maybe not an option), or None."""
-        return self.parser(reply)
+        """The option a free-text reply gives under the strict rule, or None."""
+        return self.to_option(reply)[0]
 
     def to_option(self, reply: str | None) -> tuple[str | None, str | None]:
         """(option, invalid_reason) of a free-text reply under the strict rule."""
