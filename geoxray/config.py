@@ -11,7 +11,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from geoxray.infer.config import DecodeConfig, ModelConfig
+from geoxray.infer.config import DecodeConfig, ModelConfig, ProtocolConfig
 from geoxray.infer.registry import ENGINE_KINDS, engine_kind
 
 DATA_KINDS = ("synthetic", "geoxbench", "index", "items", "sources")
@@ -60,6 +60,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output_dir: Optional[str] = None
@@ -110,6 +111,11 @@ def validate(raw: DictConfig | dict) -> Config:
     _check_choice("decode.mode", cfg.decode.mode, DECODE_MODES)
     check_ranges(cfg)
     check_paths(cfg)
+    from geoxray.infer.protocol import ProtocolError, apply_protocol
+    try:  # the protocol resolves into plain model and decode settings, once, here
+        apply_protocol(cfg.model, cfg.decode, cfg.protocol)
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.run.tasks:
         from geoxray.bench.tasks import TASK_BY_NAME
         for name in cfg.run.tasks:

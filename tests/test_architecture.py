@@ -149,8 +149,6 @@ def test_no_import_loops():
     assert cycles(import_graph()) == []
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="parsing moves to bench/tasks.py in the protocol branch")
 def test_inference_does_not_import_scoring():
     assert arrows(import_graph(), "geoxray.infer", "geoxray.score") == []
 

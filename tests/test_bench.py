@@ -11,7 +11,7 @@ import pytest
 from geoxray.bench.index import BuildProblems, build_items, packaged_index_root
 from geoxray.bench.prompts import load_prompts
 from geoxray.bench.tasks import CROPS, TASKS, crop_box, get_task
-from geoxray.score.parse import parse_reply
+from geoxray.bench.parse import parse_reply
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from conftest_vllm import TEST_MAX_TOKENS
 from geoxray.bench.tasks import TASKS, get_task
 from geoxray.run import store
 from geoxray.run.evaluate import evaluate
-from geoxray.score.parse import parse_reply
+from geoxray.bench.parse import parse_reply
 
 pytest_plugins = ("conftest_vllm",)
 pytestmark = pytest.mark.vllm

@@ -6,10 +6,11 @@ crop names with underscores ("top_left"), and "0".."3".
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
+
+from geoxray.bench.parse import DIRECTION, IN_RANGE, INDEX, LOCATION, RegexParser, parse_reply
 
 # --- crops -----------------------------------------------------------------------------------
 # A "random position" crop keeps 2/3 of the tile's width and height. Fractions removed from
@@ -32,7 +33,9 @@ NO_CROP = "none"
 
 
 def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
-    """Pixel box (x0, y0, x1, y1), end-exclusive, of a named crop of a width x height image."""
+    """Pixel box (x0, y0, x1, y1), end-exclusive, of a named crop of a width x height image:
+    each removed margin rounded on its own, so opposite margins of equal fraction are equal
+    (protocol=clean)."""
     if crop == NO_CROP:
         return (0, 0, width, height)
     left, top, right, bottom = CROP_REMOVED[crop]
@@ -40,29 +43,24 @@ def crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
             width - round(right * width), height - round(bottom * height))
 
 
-# --- parsers (the authors' regexes: first match wins; no match = no answer) ------------------
-def _regex_parser(pattern: str, flags: int, normalise: Callable[[str], str]):
-    compiled = re.compile(pattern, flags)
-
-    def parse(reply: str | None) -> str | None:
-        if not reply:
-            return None
-        m = compiled.search(reply)
-        return normalise(m.group(1)) if m else None
-
-    parse.pattern = compiled  # type: ignore[attr-defined]
-    return parse
+# The authors' factors as Python floats (GeoX-Bench @89d40cf, Tasks/utils.py lines 10-21).
+_PAPER_FACTORS = {"center": (1/6, 1/6, 1/6, 1/6), "left": (1/3, 1/6, 0, 1/6),
+                  "right": (0, 1/6, 1/3, 1/6), "top": (1/6, 1/3, 1/6, 0),
+                  "bottom": (1/6, 0, 1/6, 1/3), "top_left": (1/3, 1/3, 0, 0),
+                  "top_right": (0, 1/3, 1/3, 0), "bottom_left": (1/3, 0, 0, 1/3),
+                  "bottom_right": (0, 0, 1/3, 1/3)}
 
 
-def _location_name(raw: str) -> str:
-    # The prompt spells crops with a space ("top left"); store them as "top_left".
-    return re.sub(r"[\s\-_]+", "_", raw.strip().lower())
-
-
-_parse_direction = _regex_parser(r'"direction"\s*:\s*"([NSEW]{1,2})"', re.IGNORECASE, str.upper)
-_parse_in_range = _regex_parser(r'"is_in_range"\s*:\s*(true|false)', re.IGNORECASE, str.lower)
-_parse_location = _regex_parser(r'"location"\s*:\s*"(.*?)"', re.IGNORECASE, _location_name)
-_parse_index = _regex_parser(r'"matched_aerial_index"\s*:\s*(\d+)', 0, lambda s: str(int(s)))
+def pil_crop_box(crop: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box the authors' cropper gives (protocol=paper): their float edges
+    `width * x1, height * y1, width * (1 - x2), height * (1 - y2)` (Tasks/utils.py lines
+    43-47) rounded as PIL's `Image.crop` rounds them (`int(round(v))`, half to even)."""
+    if crop == NO_CROP:
+        return (0, 0, width, height)
+    x1, y1, x2, y2 = _PAPER_FACTORS[crop]
+    edges = (width * abs(x1), height * abs(y1), width * (1 - abs(x2)), height * (1 - abs(y2)))
+    x0, y0, x1_, y1_ = (int(round(v)) for v in edges)
+    return (x0, y0, x1_, y1_)
 
 
 # --- gold answers from an authors' index record ----------------------------------------------
@@ -94,7 +92,7 @@ class TaskSpec:
     index_folder: str  # authors' index folder holding the base records
     answer_field: str  # JSON field of the answer in a free-text reply
     options: tuple[str, ...]
-    parse: Callable[[str | None], str | None]
+    parser: RegexParser  # the authors' extractor; bench/parse.py holds the rule
     crops: tuple[str, ...]  # (NO_CROP,) or the 9 crops: one item per crop and base record
     n_aerials: int  # aerial images before the ground view in the prompt
     gold: Callable[[dict, str], str]  # (index record, crop) -> canonical gold option
@@ -111,14 +109,13 @@ class TaskSpec:
             return '{"%s": %s}' % (self.answer_field, option)
         return '{"%s": "%s"}' % (self.answer_field, option)
 
+    def parse(self, reply: str | None) -> str | None:
+        """The option a free-text reply gives under the strict rule, or None."""
+        return self.to_option(reply)[0]
+
     def to_option(self, reply: str | None) -> tuple[str | None, str | None]:
-        """(option, invalid_reason). A parsed value outside the options is invalid too."""
-        value = self.parse(reply)
-        if value is None:
-            return None, "no_answer_field"
-        if value not in self.options:
-            return None, "not_an_option"
-        return value, None
+        """(option, invalid_reason) of a free-text reply under the strict rule."""
+        return parse_reply(self, reply, "paper")
 
 
 DIRECTIONS = ("N", "E", "S", "W")
@@ -127,19 +124,19 @@ INDICES = ("0", "1", "2", "3")
 
 TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(1, "pose_fixed", "Pose, fixed position", "Orin4_SameLocation", "direction",
-             DIRECTIONS, _parse_direction, (NO_CROP,), 1, _gold_direction),
+             DIRECTIONS, DIRECTION, (NO_CROP,), 1, _gold_direction),
     TaskSpec(2, "pose_random", "Pose, random position", "Orin4_SameLocation", "direction",
-             DIRECTIONS, _parse_direction, CROPS, 1, _gold_direction),
+             DIRECTIONS, DIRECTION, CROPS, 1, _gold_direction),
     TaskSpec(3, "loc_prior", "Localization with prior", "Location4_50_in_range", "is_in_range",
-             BOOLS, _parse_in_range, (NO_CROP,), 1, _gold_in_range),
+             BOOLS, IN_RANGE, (NO_CROP,), 1, _gold_in_range),
     TaskSpec(4, "loc_noprior", "Localization without prior", "Location4_50_in_range",
-             "is_in_range", BOOLS, _parse_in_range, CROPS, 1, _gold_in_range),
+             "is_in_range", BOOLS, IN_RANGE, CROPS, 1, _gold_in_range),
     TaskSpec(5, "intra_map", "Intra-map localization", "Orin4_SameLocation", "location",
-             CROPS, _parse_location, CROPS, 1, _gold_crop),
+             CROPS, LOCATION, CROPS, 1, _gold_crop),
     TaskSpec(6, "crossmap_std", "Cross-map retrieval, standard", "LocationSelection",
-             "matched_aerial_index", INDICES, _parse_index, (NO_CROP,), 4, _gold_original_index),
+             "matched_aerial_index", INDICES, INDEX, (NO_CROP,), 4, _gold_original_index),
     TaskSpec(7, "crossmap_random", "Cross-map retrieval, random", "LocationSelection",
-             "matched_aerial_index", INDICES, _parse_index, CROPS, 4, _gold_original_index),
+             "matched_aerial_index", INDICES, INDEX, CROPS, 4, _gold_original_index),
 )
 TASK_BY_NAME: dict[str, TaskSpec] = {t.name: t for t in TASKS}
 INDEX_FOLDERS: tuple[str, ...] = tuple(dict.fromkeys(t.index_folder for t in TASKS))

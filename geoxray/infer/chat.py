@@ -1,7 +1,14 @@
 """A Request as chat messages, shared by the vLLM and OpenAI-compatible engines, so both send
 the model exactly the same conversation: the system prompt, then the user prompt with each
 "<image>" replaced by the next image (images first in GeoX-Bench's prompts, which keeps the
-shared prefix of the ~40 questions about one image set long)."""
+shared prefix of the ~40 questions about one image set long).
+
+Layouts (`ModelConfig.message_layout`, set per model by the protocol):
+- in_place: each image where the prompt's mark is. The authors' ms-swift models get the same:
+  their code blanks the marks (model/model.py, `image_token = ''`) and swift puts the images
+  before the user text; CloseAI.py splits the text at the marks as here.
+- text_first: the user text (marks removed), then the images: the authors'
+  model/llava_interleave_qwen.py builds its conversation so."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -32,17 +39,27 @@ def check_images(request: Request) -> None:
             raise ValueError(f"image {i} is not an HxWx3 uint8 array ({desc})")
 
 
-def chat_messages(request: Request, image_part: Callable[[np.ndarray, str], dict[str, Any]]
-                  ) -> list[dict[str, Any]]:
+LAYOUTS = ("in_place", "text_first")
+
+
+def chat_messages(request: Request, image_part: Callable[[np.ndarray, str], dict[str, Any]],
+                  layout: str = "in_place") -> list[dict[str, Any]]:
     """OpenAI-style messages; `image_part(image, uuid)` makes each image's content part."""
     check_images(request)
+    if layout not in LAYOUTS:
+        raise ValueError(f"message layout {layout!r} is not one of {list(LAYOUTS)}")
     content: list[dict[str, Any]] = []
+    parts = [image_part(img, uuid) for img, uuid in zip(request.images, request.image_uuids)]
     pieces = request.user.split(IMAGE_MARK)
-    for i, text in enumerate(pieces):
-        if text:
-            content.append({"type": "text", "text": text})
-        if i < len(request.images):
-            content.append(image_part(request.images[i], request.image_uuids[i]))
+    if layout == "text_first":
+        text = "".join(pieces)
+        content = ([{"type": "text", "text": text}] if text else []) + parts
+    else:
+        for i, text in enumerate(pieces):
+            if text:
+                content.append({"type": "text", "text": text})
+            if i < len(parts):
+                content.append(parts[i])
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})

@@ -44,6 +44,14 @@ class ModelConfig:
     # client side of any remote engine
     request_timeout_s: float = 600.0
     retries: int = 2
+    # what the model is sent, set by the protocol (infer/protocol.py): an API's image
+    # encoding ("png" lossless, or "jpeg:<quality>"), and where the images go in the user
+    # message ("in_place": at the prompt's <image> marks; "text_first": text, then images)
+    api_image: str = "png"
+    message_layout: str = "in_place"
+    # per protocol name, the settings this model runs with under it (model or decode
+    # fields), e.g. protocols.paper = the authors' pixel budget and generation settings
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,3 +60,18 @@ class DecodeConfig:
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int = 0
+    # 1.0 = none; null = the model's generation_config.json value (what ms-swift and
+    # transformers' generate fill in when a request leaves it unset)
+    repetition_penalty: Optional[float] = 1.0
+
+
+@dataclass
+class ProtocolConfig:
+    """How items reach the model (conf/protocol/*.yaml; docs/protocol.md)."""
+    name: str = "paper"  # paper: as the authors' harness ran; clean: lossless, uniform
+    crop_box: str = "pil"  # pil: the authors' float edges rounded by PIL | exact: crop_box()
+    # re-save each crop in its source file's format with PIL's defaults and read it back
+    # (the authors' cropper writes a temp file: JPEG quality 75, 4:2:0 for a .jpg tile)
+    crop_resave: bool = True
+    api_image: str = "jpeg:100"  # the openai engine's image encoding: png | jpeg:<quality>
+    model_settings: bool = True  # apply the model's protocols.<name> settings

@@ -2,8 +2,10 @@
 interface.
 
 The conversation is the one the vLLM engine builds (`chat.chat_messages`), with each image as
-a lossless PNG data URL in prompt order, so a vLLM server hosting the same weights gives the
-same greedy answers as the in-process engine. Up to `ModelConfig.concurrency` requests are in
+a data URL in prompt order: lossless PNG (`model.api_image: png`, protocol=clean), so a vLLM
+server hosting the same weights gives the same greedy answers as the in-process engine, or
+JPEG (`jpeg:100` under protocol=paper: the authors' model/CloseAI.py re-encodes every image
+as JPEG quality 100). Up to `ModelConfig.concurrency` requests are in
 flight; connection errors, timeouts, 429 and 5xx are retried with exponential backoff, other
 4xx answers are that item's Reply.error. The API key is read from the environment variable
 named by `api_key_env` and is never logged, printed or pickled.
@@ -38,11 +40,20 @@ log = logging.getLogger(__name__)
 CHOICE_MODES = ("structured_outputs", "json_schema", "none")
 
 
-def png_data_url(image: np.ndarray) -> str:
+def image_data_url(image: np.ndarray, encoding: str = "png") -> str:
+    """An RGB array as a data URL: "png", or "jpeg:<quality>" (PIL's other defaults)."""
     from PIL import Image
+
+    from geoxray.infer.protocol import api_image_quality
+    quality = api_image_quality(encoding)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if quality is None:
+        pil.save(buf, format="PNG")
+    else:
+        pil.save(buf, format="JPEG", quality=quality)
+    mime = "image/png" if quality is None else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _api_key(model: ModelConfig) -> str:
@@ -103,7 +114,7 @@ class OpenAIEngine:
         d = self.decode
         body: dict[str, Any] = {
             "model": self.model.path or self.model.name,
-            "messages": chat_messages(request, self._image_part),
+            "messages": chat_messages(request, self._image_part, self.model.message_layout),
             "temperature": d.temperature, "max_tokens": d.max_tokens, "seed": d.seed,
         }
         if d.mode == "choice":
@@ -121,7 +132,7 @@ class OpenAIEngine:
     def _image_part(self, image: np.ndarray, image_uuid: str) -> dict[str, Any]:
         url = self._urls.get(image_uuid)
         if url is None:  # the ~40 questions of an image set encode it once
-            url = png_data_url(image)
+            url = image_data_url(image, self.model.api_image)
             self._urls[image_uuid] = url
             while len(self._urls) > 64:
                 self._urls.popitem(last=False)

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Client-side settings: they do not change what a replica is, so not its identity.
 _CLIENT_ONLY = {"base_url", "api_key_env", "concurrency", "openai_choice", "request_timeout_s",
-                "retries"}
+                "retries", "api_image",  # an API engine's setting: no replica reads it
+                "protocols"}  # already resolved into the fields above by apply_protocol
 
 
 def as_model_config(cfg: Any) -> ModelConfig:

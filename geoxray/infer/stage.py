@@ -12,24 +12,28 @@ from typing import Callable
 
 import pyarrow as pa
 
+from geoxray.bench.parse import parse_reply
 from geoxray.bench.prompts import get_prompt
 from geoxray.bench.schema import PREDICTION_SCHEMA
 from geoxray.bench.tasks import get_task
 from geoxray.infer.engine import Engine, Reply, Request
-from geoxray.infer.images import ImageCache, ImageError, crop_view
+from geoxray.infer.config import ProtocolConfig
+from geoxray.infer.images import ImageCache, ImageError
+from geoxray.infer.protocol import ProtocolCrops
 from geoxray.infer.registry import close_engine
-from geoxray.score.parse import parse_reply
 
 
 class PredictStage:
     """Callable class for `Dataset.map_batches` (one instance per actor)."""
 
     def __init__(self, engine_builder: Callable[[], Engine], image_root: str, model_name: str,
-                 decode_mode: str, image_cache_size: int = 64):
+                 decode_mode: str, image_cache_size: int = 64,
+                 protocol: ProtocolConfig | None = None):
         self.engine = engine_builder()
         self.images = ImageCache(image_root, capacity=image_cache_size)
         self.model_name = model_name
         self.decode_mode = decode_mode
+        self.crops = ProtocolCrops(protocol)  # the protocol's crop boxes and crop bytes
 
     def close(self) -> None:
         """Release the engine's own resources (client threads). Ray Data deletes the stage
@@ -49,8 +53,9 @@ class PredictStage:
             array, digest = self.images.get(rel_path)
             is_aerial = position < task.n_aerials
             crop = row["crop"] if is_aerial else "none"
-            images.append(crop_view(array, crop))
-            uuids.append(f"{digest}:{crop}")
+            image, image_uuid = self.crops(array, digest, crop, rel_path)
+            images.append(image)
+            uuids.append(image_uuid)
         return Request(key=row["key"], item_id=row["item_id"], task=task.name,
                        system=prompt.system, user=prompt.user, images=images,
                        image_uuids=uuids, options=task.options, answer_field=task.answer_field)

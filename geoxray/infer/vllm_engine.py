@@ -10,7 +10,9 @@ multimodal processor/encoder caches and the prefix cache hit across the question
 an image set.
 
 Decode modes:
-- paper: greedy (or seeded) free text up to `max_tokens`: the authors' protocol.
+- paper: greedy (or seeded) free text up to `max_tokens`: the authors' protocol. A
+  `repetition_penalty` of None takes the model's generation_config.json value, as ms-swift
+  fills an unset one (1.05 for the Qwen2-VL / Qwen2.5-VL instruct checkpoints).
 - choice: two scores of the same prompt. `Reply.text` is the reply generated under vLLM's
   structured outputs (guided choice over the options as shown, "top left"), the constrained
   choice. `Reply.option_probs` are exact option probabilities from `option_scores` (trie of
@@ -99,6 +101,15 @@ def server_command(model: ModelConfig, host: str = "127.0.0.1", port: int = 8000
         else:
             cmd += [flag, str(value)]
     return cmd
+
+
+def repetition_penalty(decode: DecodeConfig, model_config) -> float:
+    """The decode's value, or (None) the checkpoint's generation_config.json one as vLLM reads
+    it (`generation_config="auto"`, what ms-swift fills in for an unset value); 1.0 when the
+    checkpoint sets none. `model_config`: vLLM's ModelConfig of the loaded model."""
+    if decode.repetition_penalty is not None:
+        return float(decode.repetition_penalty)
+    return float(model_config.get_diff_sampling_param().get("repetition_penalty", 1.0))
 
 
 def _pil_part(image: np.ndarray, image_uuid: str) -> dict[str, Any]:
@@ -191,7 +202,9 @@ class AsyncVLLMEngine:
 
         prompt = await self._render(request)
         params = SamplingParams(temperature=decode.temperature, max_tokens=decode.max_tokens,
-                                seed=decode.seed)
+                                seed=decode.seed,
+                                repetition_penalty=repetition_penalty(decode,
+                                                                      self.llm.model_config))
         out = await self._run(prompt, params)
         gen = out.outputs[0]
         return Reply(text=gen.text, prompt_tokens=len(out.prompt_token_ids or ()),
@@ -245,7 +258,7 @@ class AsyncVLLMEngine:
     async def _render(self, request: Request) -> dict[str, Any]:
         """The request as a token prompt (chat template applied, image placeholders not yet
         expanded) with its images and their uuids."""
-        messages = chat_messages(request, _pil_part)
+        messages = chat_messages(request, _pil_part, self.model.message_layout)
         _, prompt = await self.renderer.render_messages_async(messages, self.chat_params)
         (tokens,) = await self.renderer.tokenize_prompts_async([prompt], self.tok_params)
         return tokens

@@ -19,6 +19,7 @@ from geoxray.bench.index import short_hash
 from geoxray.bench.prompts import get_prompt
 from geoxray.config import Config
 from geoxray.infer.config import DecodeConfig, ModelConfig
+from geoxray.infer.protocol import key_parts
 from geoxray.run import store
 from geoxray.run.benchmark import Benchmark, prepare_benchmark
 from geoxray.ops.raycluster import init_ray
@@ -32,15 +33,22 @@ def model_fingerprint(model: ModelConfig) -> str:
     identity = {k: getattr(model, k, None) for k in _MODEL_IDENTITY}
     if model.random_weights:  # only when set: earlier runs keep their keys
         identity["random_weights"] = True
+    for extra, default in (("api_image", "png"), ("message_layout", "in_place")):
+        if getattr(model, extra) != default:  # only when set: earlier runs keep their keys
+            identity[extra] = getattr(model, extra)
     return short_hash(identity, n=16)
 
 
 def decode_fingerprint(decode: DecodeConfig) -> str:
-    return short_hash(asdict(decode), n=16)
+    settings = asdict(decode)
+    if settings.get("repetition_penalty") == 1.0:  # the default: earlier runs keep their keys
+        del settings["repetition_penalty"]
+    return short_hash(settings, n=16)
 
 
 def default_output_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}"
+    # one folder per protocol: its tables must not mix two protocols' answers
+    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}-{cfg.protocol.name}"
 
 
 @dataclass
@@ -57,6 +65,7 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     and write them to pending files that Ray Data reads (the driver holds one chunk)."""
     done = store.done_keys(out_dir)
     model_fp, decode_fp = model_fingerprint(cfg.model), decode_fingerprint(cfg.decode)
+    protocol_key = key_parts(cfg.protocol)  # the crop pixels; () for protocol=clean
     tasks = set(cfg.run.tasks) if cfg.run.tasks else None
     splits = set(cfg.data.splits)
     cap = cfg.run.max_items_per_task
@@ -91,7 +100,7 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
             per_task[task] += 1
             gold[task][row["answer"]] += 1
             row["key"] = short_hash(row["item_id"], get_prompt(task).fingerprint, model_fp,
-                                    decode_fp)
+                                    decode_fp, *protocol_key)
             if row["key"] not in done:
                 chunk.append(row)
                 if len(chunk) >= rows_per_file:
@@ -137,7 +146,8 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
         num_cpus=engine_kind(cfg.model.engine).worker_cpus,
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
-                                   image_cache_size=cfg.run.image_cache_size))
+                                   image_cache_size=cfg.run.image_cache_size,
+                                   protocol=cfg.protocol))
     written = 0
     progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

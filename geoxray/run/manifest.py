@@ -87,6 +87,7 @@ def write_manifest(out_dir: Path, cfg: Config, bench, selection, written: int,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": cfg.model.name,
         "decode": cfg.decode.mode,
+        "protocol": cfg.protocol.name,  # how items reached the model: docs/protocol.md
         "data": {"name": bench.name, "items_path": str(bench.items_path),
                  "image_root": str(bench.image_root) if bench.image_root else None,
                  "items_hash": dataset_hash(bench.items_path),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geoxray.bench.parse import LENIENT_ONLY
 from geoxray.bench.tasks import TASK_BY_NAME, get_task
 from geoxray.score import metrics
 from geoxray.score.metrics import DEFAULT_N_BOOT, DEFAULT_SEED
@@ -188,6 +189,25 @@ def invalid_reasons(preds: pd.DataFrame) -> pd.DataFrame:
     table["_neg"] = -table["count"]
     return _ordered(table, INVALID_COLUMNS, ["model", "decode", "task_number", "_neg",
                                              "reason"])
+
+
+LENIENT_COLUMNS = ["model", "decode", "task", "task_number", "items", "lenient_only",
+                   "lenient_only_share"]
+
+
+def lenient_only_counts(preds: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, decode, task): how many replies only a lenient parser would have accepted
+    (invalid reason `lenient_only`, bench/parse.py), so a reader sees whether parsing
+    leniency could move the task's score. A column for the report's tables."""
+    df, _ = _split_known(prepare(preds))
+    rows = []
+    for model, decode, spec, g in _groups(df):
+        n = int((g["invalid_reason"] == LENIENT_ONLY).sum())
+        rows.append({"model": model, "decode": decode, "task": spec.name,
+                     "task_number": spec.number, "items": len(g), "lenient_only": n,
+                     "lenient_only_share": n / len(g) if len(g) else np.nan})
+    table = pd.DataFrame(rows, columns=LENIENT_COLUMNS)
+    return _ordered(table, LENIENT_COLUMNS, ["model", "decode", "task_number"])
 
 
 # --- leaderboard -----------------------------------------------------------------------------
