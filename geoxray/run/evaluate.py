@@ -136,7 +136,9 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
         num_cpus=0.25 if cfg.model.engine in ("vllm", "openai") else 0.5,
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
-                                   image_cache_size=cfg.run.image_cache_size))
+                                   image_cache_size=cfg.run.image_cache_size,
+                                   max_image_pixels=cfg.run.max_image_pixels,
+                                   image_read_timeout_s=cfg.run.image_read_timeout_s))
     written = 0
     progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
