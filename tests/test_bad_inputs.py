@@ -111,9 +111,9 @@ class Case:
     pipeline: bool = True  # also in the Ray pipeline test
 
 
-def _write(name: str, data: bytes) -> Callable[[Path, Path], str]:
+def _write(name: str, data: bytes | Callable[[], bytes]) -> Callable[[Path, Path], str]:
     def make(root: Path, outside: Path) -> str:
-        (root / name).write_bytes(data)
+        (root / name).write_bytes(data() if callable(data) else data)
         return name
     return make
 
@@ -170,7 +170,7 @@ CASES = [
     Case("symlink_loop", "unreadable_image", _symlink_loop),
     Case("dangling_symlink", "missing_image", _dangling),
     Case("unreadable", "unreadable_image", _unreadable),
-    Case("png_bomb_20000x20000", "image_too_large", _write("bomb.png", _png_bomb())),
+    Case("png_bomb_20000x20000", "image_too_large", _write("bomb.png", _png_bomb)),
     Case("jpeg_huge_dims", "image_too_large", _write("huge.jpg", _huge_dims_jpeg())),
     Case("random_bytes", "corrupt_image", _write("noise.jpg", bytes(range(256)) * 8)),
     Case("text_named_png", "corrupt_image", _write("text.png", b"this is not an image\n" * 9)),
@@ -368,8 +368,14 @@ def test_malformed_index_records_are_counted_never_read(tmp_path):
     folder.mkdir(parents=True)
     (folder / "corpus.json").write_text(json.dumps([_record(0), *BAD_RECORDS.values()]))
     (tmp_path / "index" / "Orin4_SameLocation" / "broken.json").write_text("[{")
+    # the good record's images: an unreadable file and a FIFO (hashing must not fail or block)
+    (tmp_path / "images" / "sat").mkdir(parents=True)
+    (tmp_path / "images" / "views").mkdir()
+    os.symlink("/proc/self/mem", tmp_path / "images" / "sat" / "a.jpg")
+    os.mkfifo(tmp_path / "images" / "views" / "g.jpg")
     problems = BuildProblems()
     table = build_items(tmp_path / "index", tmp_path / "images", problems)
+    assert set(map(tuple, table.column("image_hashes").to_pylist())) == {("", "")}
     # the one good record gives its 1 + 9 + 9 items (pose_fixed, pose_random, intra_map)
     assert table.num_rows == 19 and set(table.column("base_id").to_pylist()) == {"0_0"}
     per_task = 3  # each bad record is counted once per task reading the folder

@@ -203,7 +203,10 @@ def image_hasher(image_root: Path | None) -> Callable[[str], str]:
             return ""
         if rel not in cache:
             path = Path(image_root) / rel
-            cache[rel] = file_hash(path) if path.is_file() else ""
+            try:  # a FIFO is not a file (reading it would block); an unreadable file has no hash
+                cache[rel] = file_hash(path) if path.is_file() else ""
+            except OSError:
+                cache[rel] = ""
         return cache[rel]
     return hash_of
 
