@@ -122,7 +122,7 @@ def test_default_eval_listens_on_loopback_only(tiny_bench, tmp_path):
     cmd = [sys.executable, "-m", "geoxray.cli", "eval", "model=random", "data=items",
            f"data.items={tiny_bench.items_path}", f"data.image_root={tiny_bench.image_root}",
            f"output_dir={tmp_path / 'run'}", "run.max_items_per_task=30", "run.progress=false",
-           "run.bootstrap=50", f"ray.temp_dir={tmp_path / 'ray'}", "ray.num_cpus=2",
+           "run.bootstrap=50", "ray.num_cpus=2",
            "ray.object_store_memory=300000000"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
