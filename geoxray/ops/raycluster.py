@@ -18,7 +18,9 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT
              "HF_HUB_OFFLINE": "1"}
 LOOPBACK = "127.0.0.1"
 # Ray's own switch for "this node never joins others": node IP = loopback in every process.
-LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# vLLM in a replica takes its host IP from VLLM_HOST_IP (else the routable address) for any
+# TCP rendezvous it opens; the replicas inherit this through the raylet's environment.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": LOOPBACK}
 
 
 @contextmanager
