@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -26,7 +27,6 @@ from geoxray.redact import redact
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-do-not-leak-1234567890abcdef"
-LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
 # --- who listens where (from /proc, as `ss -ltnp` does) --------------------------------------
@@ -54,7 +54,6 @@ def _address(hex_addr: str) -> str:
         host = ".".join(str(b) for b in raw[::-1])
     else:  # 4 little-endian 32-bit words
         words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
-        import ipaddress
         host = str(ipaddress.IPv6Address(b"".join(words)))
     return f"{host}:{int(port, 16)}"
 
@@ -92,7 +91,10 @@ def listeners_of(pids: set[int]) -> set[tuple[str, str]]:
 
 
 def is_loopback(address: str) -> bool:
-    return address.rsplit(":", 1)[0].startswith(LOOPBACK)
+    """"127.0.0.1:5", "::1:5", "::ffff:7f00:1:5" (IPv4-mapped 127.0.0.1) -> True."""
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def documented_exposed_listeners() -> set[str]:
@@ -112,7 +114,9 @@ def test_listener_parsing_sees_a_known_socket():
         port = s.getsockname()[1]
         seen = listeners_of({os.getpid()})
     assert (f"0.0.0.0:{port}", Path("/proc/self/comm").read_text().strip()) in seen
-    assert not is_loopback(f"0.0.0.0:{port}") and is_loopback("::ffff:127.0.0.1:5")
+    assert not is_loopback(f"0.0.0.0:{port}") and not is_loopback("::ffff:c000:202:5")
+    assert is_loopback("::ffff:7f00:1:5") and is_loopback("::1:5") and is_loopback("127.0.0.1:5")
+    assert not is_loopback(":::5") and not is_loopback("192.0.2.2:5")
 
 
 # A vLLM-hosting eval (a Serve replica with the tiny model) takes a minute more; it was
