@@ -41,6 +41,8 @@ class RunConfig:
     tasks: Optional[list[str]] = None  # None = all 7
     max_items_per_task: Optional[int] = None  # quick runs: the first N of each task
     image_cache_size: int = 64
+    max_image_pixels: int = 50_000_000  # larger images are marked image_too_large (header check)
+    image_read_timeout_s: Optional[float] = 60.0  # read + decode of one image; null = no limit
     progress: bool = True
     bootstrap: int = 1000
 

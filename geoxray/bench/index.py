@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -43,8 +43,32 @@ def short_hash(*parts: object, n: int = 32) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=n // 2).hexdigest()
 
 
+def content_hash(data: bytes) -> str:
+    """The content hash of an image file's bytes (items' image_hashes; the run checks it)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def file_hash(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return content_hash(path.read_bytes())
+
+
+def path_problem(rel_path: object) -> str | None:
+    """Why an index's image path may not be used, or None. Paths are confined to the image
+    root: never absolute, never `..`, never empty (an index may come from anyone; what it
+    names is read and may be uploaded to an API model)."""
+    if not isinstance(rel_path, str) or not rel_path.strip():
+        return f"image path {rel_path!r} is not a non-empty string"
+    pure = PurePosixPath(rel_path)
+    if "\x00" in rel_path or pure.is_absolute() or ".." in pure.parts or rel_path.startswith("~"):
+        return f"image path {rel_path!r} is outside image_root"
+    return None
+
+
+def _image_path(value: object) -> str:
+    problem = path_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -137,18 +161,19 @@ def _instance_name(stem: str) -> str:
 
 def _aerial_paths(task: TaskSpec, record: dict) -> list[str]:
     if task.n_aerials == 1:
-        return [str(record["AerialImage"]["file_path"])]
+        return [_image_path(record["AerialImage"]["file_path"])]
     candidates = record["AerialCandidates"]
-    if len(candidates) != task.n_aerials:
-        raise ValueError(f"expected {task.n_aerials} aerial candidates, found {len(candidates)}")
-    return [str(c["AerialImage"]["file_path"]) for c in candidates]
+    if not isinstance(candidates, list) or len(candidates) != task.n_aerials:
+        raise ValueError(f"expected {task.n_aerials} aerial candidates, found "
+                         f"{len(candidates) if isinstance(candidates, list) else candidates!r}")
+    return [_image_path(c["AerialImage"]["file_path"]) for c in candidates]
 
 
 def record_items(task: TaskSpec, index_file: IndexFile, ordinal: int, record: dict,
                  hash_of: Callable[[str], str]) -> list[dict]:
     """The items of one record for one task (one per crop). Raises on a malformed record."""
     ground = record["GroundImage"]
-    paths = _aerial_paths(task, record) + [str(ground["file_path"])]
+    paths = _aerial_paths(task, record) + [_image_path(ground["file_path"])]
     lat, lon = (float(v) for v in str(ground["real_location"]).split(","))
     location = f"{index_file.instance}:{lat:.6f},{lon:.6f}"
     hashes = [hash_of(p) for p in paths]
@@ -178,7 +203,10 @@ def image_hasher(image_root: Path | None) -> Callable[[str], str]:
             return ""
         if rel not in cache:
             path = Path(image_root) / rel
-            cache[rel] = file_hash(path) if path.is_file() else ""
+            try:  # a FIFO is not a file (reading it would block); an unreadable file has no hash
+                cache[rel] = file_hash(path) if path.is_file() else ""
+            except OSError:
+                cache[rel] = ""
         return cache[rel]
     return hash_of
 

@@ -35,6 +35,7 @@ import numpy as np
 from geoxray.infer.chat import chat_messages, option_text
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Reply, Request
+from geoxray.redact import redact
 
 log = logging.getLogger(__name__)
 CHOICE_MODES = ("structured_outputs", "json_schema", "none")
@@ -107,6 +108,7 @@ class OpenAIEngine:
         except Exception as exc:
             return Reply(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - t0)
         reply = self._send_with_retries(body, request)
+        reply.error = redact(reply.error)  # an API error body may echo the key
         reply.latency_s = time.perf_counter() - t0
         return reply
 
@@ -160,7 +162,7 @@ class OpenAIEngine:
             except transient as exc:
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log.warning("request %s failed (attempt %d/%d): %s", request.key, attempt + 1,
-                            self.model.retries + 1, error)
+                            self.model.retries + 1, redact(error))
             except openai.APIStatusError as exc:  # 4xx: this request is wrong, do not retry
                 return Reply(error=f"{type(exc).__name__} {exc.status_code}: {str(exc)[:300]}")
             except Exception as exc:

@@ -7,6 +7,7 @@ arrays never cross the object store per item; only the engine's own transport co
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -15,12 +16,25 @@ import pyarrow as pa
 from geoxray.bench.parse import parse_reply
 from geoxray.bench.prompts import get_prompt
 from geoxray.bench.schema import PREDICTION_SCHEMA
-from geoxray.bench.tasks import get_task
+from geoxray.bench.tasks import TASK_BY_NAME, get_task
 from geoxray.infer.engine import Engine, Reply, Request
 from geoxray.infer.config import ProtocolConfig
-from geoxray.infer.images import ImageCache, ImageError
+from geoxray.infer.images import DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT_S, ImageCache, ImageError
 from geoxray.infer.protocol import ProtocolCrops
 from geoxray.infer.registry import close_engine
+from geoxray.redact import redact
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class ItemError(Exception):
+    """An item row the stage cannot turn into a request; `reason` is its invalid_reason:
+    unknown_task | no_images | wrong_image_count | unknown_crop | malformed_item"""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class PredictStage:
@@ -28,9 +42,12 @@ class PredictStage:
 
     def __init__(self, engine_builder: Callable[[], Engine], image_root: str, model_name: str,
                  decode_mode: str, image_cache_size: int = 64,
-                 protocol: ProtocolConfig | None = None):
+                 protocol: ProtocolConfig | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 image_read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S):
         self.engine = engine_builder()
-        self.images = ImageCache(image_root, capacity=image_cache_size)
+        self.images = ImageCache(image_root, capacity=image_cache_size,
+                                 max_pixels=max_image_pixels, read_timeout_s=image_read_timeout_s)
         self.model_name = model_name
         self.decode_mode = decode_mode
         self.crops = ProtocolCrops(protocol)  # the protocol's crop boxes and crop bytes
@@ -46,13 +63,30 @@ class PredictStage:
         self.close()
 
     def build_request(self, row: dict) -> Request:
-        task = get_task(row["task"])
+        """The engine request of one item row, or ItemError / ImageError naming what is wrong."""
+        task = TASK_BY_NAME.get(row.get("task"))  # type: ignore[arg-type]
+        if task is None:
+            raise ItemError("unknown_task", repr(row.get("task"))[:100])
+        paths = row.get("image_paths")
+        if not paths:
+            raise ItemError("no_images", f"image_paths is {paths!r}")
+        if len(paths) != task.n_aerials + 1:
+            raise ItemError("wrong_image_count", f"{len(paths)} images; {task.name} shows "
+                                                 f"{task.n_aerials} aerial + 1 ground")
+        if row.get("crop") not in task.crops:
+            raise ItemError("unknown_crop", f"{row.get('crop')!r} is not a crop of {task.name}")
+        hashes = row.get("image_hashes") or []
+        hashes = hashes if len(hashes) == len(paths) else [""] * len(paths)
         prompt = get_prompt(task.name)
         images, uuids = [], []
-        for position, rel_path in enumerate(row["image_paths"]):
-            array, digest = self.images.get(rel_path)
+        for position, (rel_path, expected) in enumerate(zip(paths, hashes)):
+            array, digest = self.images.get(rel_path, expected)
             is_aerial = position < task.n_aerials
             crop = row["crop"] if is_aerial else "none"
+            x0, y0, x1, y1 = self.crops.box(crop, array.shape[1], array.shape[0])
+            if x1 <= x0 or y1 <= y0:
+                raise ImageError("image_too_small", f"{rel_path}: {array.shape[1]}x"
+                                                    f"{array.shape[0]} has no {crop} crop")
             image, image_uuid = self.crops(array, digest, crop, rel_path)
             images.append(image)
             uuids.append(image_uuid)
@@ -68,8 +102,11 @@ class PredictStage:
             try:
                 requests.append(self.build_request(row))
                 positions.append(i)
-            except ImageError as exc:
+            except (ItemError, ImageError) as exc:
                 replies[i] = Reply(error=exc.detail, extra={"reason": exc.reason})
+            except Exception as exc:  # a row nobody foresaw: marked, never a crash of the run
+                replies[i] = Reply(error=f"{exc.__class__.__name__}: {exc}"[:300],
+                                   extra={"reason": "malformed_item"})
         if requests:
             started = time.perf_counter()
             try:
@@ -89,17 +126,27 @@ class PredictStage:
                                     schema=PREDICTION_SCHEMA)
 
     def _prediction(self, row: dict, reply: Reply) -> dict:
-        task = get_task(row["task"])
-        if reply.error is not None:
-            pred, reason = None, reply.extra.get("reason") or _error_reason(reply.error)
+        # Stored text is valid UTF-8 (a lone surrogate in a reply made Parquet refuse the
+        # whole part) and error texts carry no credentials (an API may echo the request).
+        text = _clean_text(reply.text)
+        error = redact(_clean_text(reply.error))
+        if error is not None:
+            pred, reason = None, reply.extra.get("reason") or _error_reason(error)
         else:
-            pred, reason = parse_reply(task, reply.text, self.decode_mode)
-        return dict(key=row["key"], item_id=row["item_id"], model=self.model_name,
-                    decode=self.decode_mode, task=row["task"], instance=row["instance"],
-                    location=row["location"], crop=row["crop"], answer=row["answer"],
-                    reply=reply.text, pred=pred, invalid_reason=reason, error=reply.error,
+            pred, reason = parse_reply(get_task(row["task"]), text, self.decode_mode)
+        return dict(key=row["key"], item_id=row.get("item_id"), model=self.model_name,
+                    decode=self.decode_mode, task=row.get("task"), instance=row.get("instance"),
+                    location=row.get("location"), crop=row.get("crop"), answer=row.get("answer"),
+                    reply=text, pred=pred, invalid_reason=reason, error=error,
                     option_probs=reply.option_probs, prompt_tokens=reply.prompt_tokens,
                     generated_tokens=reply.generated_tokens, latency_s=reply.latency_s)
+
+
+def _clean_text(text: str | None) -> str | None:
+    """Lone surrogates (not encodable as UTF-8) become U+FFFD."""
+    if text is None or not isinstance(text, str):
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _error_reason(detail: str) -> str:

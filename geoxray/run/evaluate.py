@@ -147,7 +147,9 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
         fn_constructor_kwargs=dict(engine_builder=builder, image_root=str(bench.image_root),
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
                                    image_cache_size=cfg.run.image_cache_size,
-                                   protocol=cfg.protocol))
+                                   protocol=cfg.protocol,
+                                   max_image_pixels=cfg.run.max_image_pixels,
+                                   image_read_timeout_s=cfg.run.image_read_timeout_s))
     written = 0
     progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
