@@ -24,13 +24,14 @@ def _cmd_eval(args) -> int:
     from geoxray.config import load_config
     from geoxray.run.evaluate import evaluate
 
+    from geoxray.run.manifest import summary_lines
+
     cfg = load_config(args.overrides)
-    out_dir = evaluate(cfg)
+    out_dir = evaluate(cfg, dry_run=getattr(args, "dry_run", False))
+    if getattr(args, "dry_run", False):
+        return 0
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    counts = manifest["counts"]
-    print(f"\n{manifest['model']} on {manifest['data']['name']} ({manifest['decode']}): "
-          f"{counts['predictions']} predictions, {counts['invalid']} invalid, "
-          f"{counts['written_this_run']} new this run")
+    print("\n" + "\n".join(summary_lines(manifest)))
     print((out_dir / "tables" / "accuracy.md").read_text()
           if (out_dir / "tables" / "accuracy.md").exists() else "")
     print(f"results in {out_dir}/ (report.md, report.html, tables/, plots/)")
@@ -56,15 +57,13 @@ def _cmd_report(args) -> int:
     from pathlib import Path
 
     from geoxray.run import store
-    from geoxray.score.report import write_report
+    from geoxray.run.evaluate import rebuild_report
 
     out_dir = Path(args.dir)
     if not (out_dir / store.PREDICTIONS).is_dir():
         print(f"error: {out_dir} has no predictions/ folder", file=sys.stderr)
         return 2
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    path = write_report(out_dir, manifest=manifest)  # reads predictions/ alone
+    path = rebuild_report(out_dir)  # the run's selection, from predictions/ and failures/
     print(f"report rebuilt from {out_dir / store.PREDICTIONS} -> {path}")
     return 0
 
@@ -124,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in (("eval", _cmd_eval), ("serve", _cmd_serve), ("config", _cmd_config)):
         p = sub.add_parser(name)
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=random")
+        if name == "eval":
+            p.add_argument("--dry-run", action="store_true",
+                           help="check the config and the folder, print the destination, stop")
         p.set_defaults(fn=fn)
     p = sub.add_parser("build")
     p.add_argument("--rebuild", action="store_true", help="remake a cached synthetic world")
@@ -133,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.set_defaults(fn=_cmd_report)
     args = parser.parse_args(argv)
+    from geoxray.run.store import RunError
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:  # a busy or mismatched folder, an engine that is down
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

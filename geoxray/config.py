@@ -38,10 +38,14 @@ class RunConfig:
     batch_size: int = 64  # items per engine call (crosses the Ray boundary once)
     concurrency: int = 2  # Ray Data workers calling the engine
     tasks: Optional[list[str]] = None  # None = all 7
-    max_items_per_task: Optional[int] = None  # quick runs: the first N of each task
+    max_items_per_task: Optional[int] = None  # quick runs: a seeded sample of N per task,
+    sample_seed: int = 0  # stratified by instance and gold (geoxray/run/selection.py)
     image_cache_size: int = 64
     progress: bool = True
     bootstrap: int = 1000
+    retry_failed: bool = True  # a rerun retries items whose engine call failed
+    stop_after_failed_batches: int = 3  # stop when the engine failed every item of N in a row
+    on_mismatch: str = "refuse"  # output_dir stamped with other settings: refuse | new_folder
 
 
 @dataclass
@@ -107,6 +111,7 @@ def validate(raw: DictConfig | dict) -> Config:
     _check_choice("data.kind", cfg.data.kind, DATA_KINDS)
     _check_choice("model.engine", cfg.model.engine, ENGINES)
     _check_choice("decode.mode", cfg.decode.mode, DECODE_MODES)
+    _check_choice("run.on_mismatch", cfg.run.on_mismatch, ("refuse", "new_folder"))
     if cfg.run.batch_size < 1:
         raise ConfigError("config key 'run.batch_size': must be >= 1")
     if cfg.run.tasks:

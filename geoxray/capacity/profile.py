@@ -60,7 +60,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from geoxray.config import Config, ConfigError, load_config
 from geoxray.models.random_weights import real_name
@@ -126,11 +125,12 @@ def profile_path(model_name: str, device_slug: str, folder: str | Path = DEFAULT
 
 # --- samples -----------------------------------------------------------------------------------
 def selected_rows(items_path: Path, cfg: Config) -> list[dict]:
-    """The items a run of `cfg` selects (splits, tasks), in items.parquet order, keyed by id."""
-    tasks = set(cfg.run.tasks) if cfg.run.tasks else None
-    splits = set(cfg.data.splits)
-    return [{**row, "key": row["item_id"]} for row in pq.read_table(items_path).to_pylist()
-            if row["split"] in splits and (tasks is None or row["task"] in tasks)]
+    """The items a run of `cfg` selects (splits, tasks; no cap: profiling draws its own
+    sample), in items.parquet order, keyed by id."""
+    from geoxray.run.selection import choose_items, iter_selected
+
+    chosen = choose_items(items_path, cfg, apply_cap=False)
+    return [{**row, "key": row["item_id"]} for row in iter_selected(items_path, chosen)]
 
 
 def tail_rows(selected: list[dict], cfg: Config, per_task: int) -> list[dict]:
