@@ -3,12 +3,9 @@ parts, failures, quarantine, lock and selection filter (run/store.py), the folde
 (run/folder.py), failed items in the tables, and sweep folders."""
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -146,7 +143,8 @@ def test_unreadable_part_is_quarantined_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="part-torn.parquet"):
         found = store.scan(tmp_path)
     assert found.answered == {"a"} and len(found.quarantined) == 1
-    assert not torn.exists() and (tmp_path / "quarantine" / "predictions-part-torn.parquet").exists()
+    assert not torn.exists()
+    assert (tmp_path / "quarantine" / "predictions-part-torn.parquet").exists()
 
 
 def test_one_writer_per_folder(tmp_path):
@@ -188,7 +186,35 @@ def test_adhoc_sweeps_get_distinct_folders_and_output_dir_is_honoured(tmp_path, 
 
     a = load_sweep(None, ["model=random"]).out_dir()
     b = load_sweep(None, ["model=constant"]).out_dir()
-    assert a != b and a.name.startswith("adhoc-") and a == load_sweep(None, ["model=random"]).out_dir()
+    assert a != b and a.name.startswith("adhoc-")
+    assert a == load_sweep(None, ["model=random"]).out_dir()  # the same sweep resumes
     assert load_sweep(None, ["model=random", f"output_dir={tmp_path}"]).out_dir() == tmp_path
     assert main(["model=random", f"output_dir={tmp_path / 's'}", "--dry-run"]) == 0
     assert f"-> {tmp_path / 's'}/ [dry run" in capsys.readouterr().out
+
+
+def test_profile_refuses_an_output_dir_it_would_ignore(capsys):
+    from geoxray.capacity.profile import main
+
+    assert main(["model=random", "output_dir=/tmp/nowhere"]) == 2
+    assert "use --out DIR" in capsys.readouterr().err
+
+
+def test_eval_dry_run_prints_the_destination_and_a_mismatch_is_refused(tiny_bench, tmp_path,
+                                                                     capsys):
+    from geoxray.cli import main
+
+    out = tmp_path / "run"
+    common = ["model=random", "data=items", f"data.items={tiny_bench.items_path}",
+              f"data.image_root={tiny_bench.image_root}", f"output_dir={out}"]
+    assert main(["eval", "--dry-run", *common]) == 0
+    assert f"-> {out}/ [dry run: nothing written]" in capsys.readouterr().out
+    assert not out.exists()
+    out.mkdir()
+    other = load_config([*common, "decode.max_tokens=8"])
+    store.write_stamp(out, folder.run_stamp(other, tiny_bench.items_path))
+    assert main(["eval", *common]) == 3  # before Ray starts
+    err = capsys.readouterr().err
+    assert "decode.max_tokens: 8 -> 512" in err and "run.on_mismatch=new_folder" in err
+    assert main(["eval", "--dry-run", *common, "run.on_mismatch=new_folder"]) == 0
+    assert f"-> {tmp_path / 'run-2'}/" in capsys.readouterr().out

@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     rest = [o for o in args.overrides if not o.startswith("decode=")]
     modes = decode[0].split(",") if decode else ["paper", "choice"]
     try:
+        if any(o.lstrip("+").startswith("output_dir=") for o in rest):
+            raise ConfigError("config key 'output_dir': profile runs its evals in a scratch "
+                              "folder and writes only the profile JSON; use --out DIR")
         configs = [load_config([*rest, f"decode={mode}"]) for mode in modes]
         profile = profile_model(configs, args.items, args.stage_items, args.device)
     except ConfigError as exc:

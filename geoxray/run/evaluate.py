@@ -1,7 +1,12 @@
 """One model on one benchmark: items -> Ray Data -> engine -> predictions -> tables, report.
 
-    pending = items of the selected tasks whose prediction key is not on disk yet
-    Ray Data: read pending -> map_batches(PredictStage) -> driver writes one part per batch
+    folder  = output_dir (run/folder.py), stamped, locked for the run (run/store.py)
+    pending = the selected items (run/selection.py) not answered yet, and those whose engine
+              call failed before (unless run.retry_failed=false)
+    Ray Data: read pending -> map_batches(PredictStage) -> driver commits one part per batch
+              (answers to predictions/, failures to failures/); an engine that fails every
+              item of run.stop_after_failed_batches batches in a row stops the run
+    tables  = exactly the selected keys, failed items counted apart (never as wrong)
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from geoxray.run import selection as selection_rule
 from geoxray.run.benchmark import Benchmark, prepare_benchmark
 from geoxray.ops.raycluster import init_ray
 
-# Re-exported: callers (tests, sweep) import them from here.
+# Re-exported: earlier callers import them from here (the rules live in folder/selection).
 default_output_dir, model_fingerprint, decode_fingerprint = (
     folder.default_output_dir, selection_rule.model_fingerprint,
     selection_rule.decode_fingerprint)
@@ -77,7 +82,8 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     def flush() -> None:
         nonlocal files_written
         if chunk:
-            pq.write_table(pa.Table.from_pylist(chunk), pending_dir / f"{files_written:06d}.parquet")
+            pq.write_table(pa.Table.from_pylist(chunk),
+                           pending_dir / f"{files_written:06d}.parquet")
             files_written += 1
             selection.pending += len(chunk)
             chunk.clear()
