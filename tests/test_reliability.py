@@ -14,8 +14,10 @@ import os
 import random
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,67 +42,92 @@ def _eval_cmd(bench, out: Path, ray_tmp: Path, *extra: str) -> list[str]:
             f"ray.temp_dir={ray_tmp}", *extra]
 
 
-def _group_alive(pgid: int, marker: str) -> list[int]:
-    """Processes still in the killed run's process group or naming its Ray temp dir."""
+def _alive(pgid: int, marker: str) -> list[int]:
+    """Processes of a killed run: in its process group (the driver, GCS, raylet, agents) or
+    naming its Ray temp dir (workers, which Ray starts in sessions of their own)."""
     alive = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            pgrp = int(stat.rsplit(")", 1)[1].split()[2])
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = stat.rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
+        except (OSError, IndexError):
             continue
-        if state != "Z" and (pgrp == pgid or marker in cmdline):
+        if fields[0] != "Z" and (int(fields[2]) == pgid or marker in cmdline):
             alive.append(int(entry.name))
     return alive
 
 
-def _wait_no_orphans(pgid: int, marker: str, bound_s: float = 20.0) -> float:
-    started = time.time()
-    while time.time() - started < bound_s:
-        if not _group_alive(pgid, marker):
-            return time.time() - started
-        time.sleep(0.1)
-    pytest.fail(f"processes left {bound_s:.0f} s after the kill: {_group_alive(pgid, marker)}")
+class Killed:
+    """The runs killed so far, and when the last process of each was gone."""
+
+    def __init__(self):
+        self.runs: list[dict] = []
+
+    def add(self, pgid: int, marker: str) -> None:
+        self.runs.append({"pgid": pgid, "marker": marker, "killed": time.time(), "gone": None})
+
+    def poll(self) -> None:
+        for run in self.runs:
+            if run["gone"] is None and not _alive(run["pgid"], run["marker"]):
+                run["gone"] = time.time()
+
+    def wait_all_gone(self, bound_s: float) -> None:
+        deadline = self.runs[-1]["killed"] + bound_s
+        while time.time() < deadline:
+            self.poll()
+            if all(r["gone"] for r in self.runs):
+                return
+            time.sleep(0.2)
+        left = {r["marker"]: _alive(r["pgid"], r["marker"]) for r in self.runs if not r["gone"]}
+        pytest.fail(f"processes left {bound_s:.0f} s after the last kill: {left}")
 
 
 def test_sigkill_at_random_points_converges_without_orphans(tiny_bench, tmp_path):
     rng = random.Random(20261204)
-    out, ray_tmp = tmp_path / "killed", tmp_path / "ray"
+    out = tmp_path / "killed"
+    # one short Ray temp dir per run (socket paths must stay under 107 bytes), so each
+    # killed run's processes can be told apart
+    scratch = Path(tempfile.mkdtemp(prefix="gxk-", dir="/tmp"))
     slow = "+model.engine_kwargs.latency_s=0.05"  # ~9 s of engine time: room for 10 kills
-    kills, committed, cleanup = [], [], []
+    killed, committed = Killed(), []
     t0 = time.time()
-    while len(kills) < N_KILLS:
+    while len(killed.runs) < N_KILLS:
         before = len(store.parts(out))
+        ray_tmp = scratch / str(len(killed.runs))
         proc = subprocess.Popen(_eval_cmd(tiny_bench, out, ray_tmp, slow), start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
         while (time.time() < deadline and proc.poll() is None
                and len(store.parts(out)) <= before):
+            killed.poll()
             time.sleep(0.02)
         assert proc.poll() is None, ("the run ended before kill "
-                                     f"{len(kills) + 1}: {proc.stderr.read().decode()[-1500:]}")
+                                     f"{len(killed.runs) + 1}: "
+                                     f"{proc.stderr.read().decode()[-1500:]}")
         time.sleep(rng.uniform(0.0, 0.5))  # a random point mid-stream
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        kills.append(len(store.parts(out)) - before)
-        cleanup.append(_wait_no_orphans(proc.pid, str(ray_tmp)))
+        killed.add(proc.pid, str(ray_tmp))
         keys = store.read_predictions(out, columns=["key"]).column("key").to_pylist()
         assert len(keys) == len(set(keys))
         committed.append(len(keys))
-    final = subprocess.run(_eval_cmd(tiny_bench, out, ray_tmp, slow), capture_output=True,
-                           timeout=300)
+    final = subprocess.run(_eval_cmd(tiny_bench, out, scratch / "final", slow),
+                           capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr.decode()[-2000:]
     killed_s = time.time() - t0
+    # Ray's workers run in sessions of their own: they outlive the process group's SIGKILL
+    # until they notice their raylet is gone (~25 s measured); bounded, then none is left.
+    killed.wait_all_gone(bound_s=60)
+    cleanup = [r["gone"] - r["killed"] for r in killed.runs]
     t1 = time.time()
     straight = tmp_path / "straight"
-    done = subprocess.run(_eval_cmd(tiny_bench, straight, tmp_path / "ray2"),
+    done = subprocess.run(_eval_cmd(tiny_bench, straight, scratch / "straight"),
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     straight_s = time.time() - t1
+    shutil.rmtree(scratch, ignore_errors=True)
 
     columns = ["item_id", "task", "answer", "reply", "pred", "invalid_reason"]
     a = store.read_predictions(out).to_pandas()
@@ -114,7 +141,8 @@ def test_sigkill_at_random_points_converges_without_orphans(tiny_bench, tmp_path
     assert manifest["run"]["status"] == "complete"
     assert 0 < committed[0] and committed == sorted(committed)  # every kill kept its parts
     FIGURES["kills"] = dict(kills=N_KILLS, items=len(a), predictions_after_each_kill=committed,
-                            max_cleanup_s=round(max(cleanup), 2), killed_total_s=round(killed_s, 1),
+                            cleanup_s=[round(min(cleanup), 1), round(max(cleanup), 1)],
+                            killed_total_s=round(killed_s, 1),
                             straight_s=round(straight_s, 1))
     print("\nFIGURES", json.dumps(FIGURES["kills"]))
 
@@ -199,24 +227,24 @@ def test_engine_down_then_up_retries_failed_items_and_never_scores_them(ray_clus
     assert (acc["n"] == 0).all() and acc[acc.instance == "all"]["failed"].sum() == first["failed"]
     assert "unscored" in (out / "report.md").read_text()
 
-    # 2. up but flaky: the first 10 calls get HTTP 503; the run completes around them
-    server = _serve(port, fail_first=10)
+    # 2. up but flaky: the first 6 calls get HTTP 503; the run completes around them
+    server = _serve(port, fail_first=6)
     try:
         evaluate(eval_config(out, tiny_bench, *api))
         second = counts()
         assert second["retried"] == first["failed"]
-        assert second["failed"] == 10 and second["predictions"] == 102
+        assert second["failed"] == 6 and second["predictions"] == 106
         acc = pd.read_csv(out / "tables" / "accuracy.csv")
         totals = acc[acc.instance == "all"]
-        assert totals["failed"].sum() == 10 and totals["n"].sum() == 102  # apart, not wrong
+        assert totals["failed"].sum() == 6 and totals["n"].sum() == 106  # apart, not wrong
         assert (totals["invalid"] == 0).all()
 
         # 3. opting out of retries leaves them; 4. the default rerun answers them
         evaluate(eval_config(out, tiny_bench, *api, "run.retry_failed=false"))
-        assert counts()["written_this_run"] == 0 and counts()["failed"] == 10
+        assert counts()["written_this_run"] == 0 and counts()["failed"] == 6
         evaluate(eval_config(out, tiny_bench, *api))
         third = counts()
-        assert third["retried"] == 10 and third["failed"] == 0 and third["predictions"] == 112
+        assert third["retried"] == 6 and third["failed"] == 0 and third["predictions"] == 112
         calls = server.calls
 
         # the same answers as a run that never saw a failure
@@ -233,6 +261,6 @@ def test_engine_down_then_up_retries_failed_items_and_never_scores_them(ray_clus
     assert ((out / "tables" / "accuracy.csv").read_text()
             == (straight / "tables" / "accuracy.csv").read_text())
     FIGURES["down_up"] = dict(items=112, failed_while_down=first["failed"],
-                              stop_after_s=round(down_s, 1), flaky_failed=10,
+                              stop_after_s=round(down_s, 1), flaky_failed=6,
                               server_calls=calls)
     print("\nFIGURES", json.dumps(FIGURES["down_up"]))

@@ -134,7 +134,7 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
                                    model_name=cfg.model.name, decode_mode=cfg.decode.mode,
                                    image_cache_size=cfg.run.image_cache_size))
     written = 0
-    streak = 0  # batches in a row in which the engine failed every item
+    streak = streak_items = 0  # batches in a row in which the engine failed every item
     progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -143,12 +143,14 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
             answered, failed = store.write_part(out_dir, batch)
             written += batch.num_rows
             progress.update(batch.num_rows)
-            streak = streak + 1 if failed and not answered else 0
+            streak, streak_items = ((streak + 1, streak_items + failed) if failed and not answered
+                                    else (0, 0))
             if streak >= cfg.run.stop_after_failed_batches > 0:
                 errors = [e for e in batch.column("error").to_pylist() if e]
                 raise EngineDown(written,
                     f"stopped: the engine failed every item of the last {streak} batches "
-                    f"(e.g. {errors[0] if errors else 'no detail'!r}). Answers so far are kept; "
+                    f"({streak_items} items; e.g. {errors[0] if errors else 'no detail'!r}). "
+                    f"Answers so far are kept; "
                     f"failed items are stored apart, never scored, and the next run into "
                     f"{out_dir} retries them: fix the endpoint or key and rerun (no new "
                     f"folder needed)")
