@@ -28,17 +28,19 @@ def _cmd_eval(argv: list[str]) -> int:
                      "(predictions/, tables/, report.md, report.html, plots/, logs/). A rerun "
                      "into the same DIR resumes.")
     parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    args = parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config and the folder, print the destination, stop")
+    args = parser.parse_intermixed_args(argv)
     from geoxray.config import load_config
     from geoxray.run.evaluate import evaluate
+    from geoxray.run.manifest import summary_lines
 
     cfg = load_config(args.overrides)
-    out_dir = evaluate(cfg)
+    out_dir = evaluate(cfg, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    counts = manifest["counts"]
-    print(f"\n{manifest['model']} on {manifest['data']['name']} ({manifest['decode']}): "
-          f"{counts['predictions']} predictions, {counts['invalid']} invalid, "
-          f"{counts['written_this_run']} new this run")
+    print("\n" + "\n".join(summary_lines(manifest)))
     print((out_dir / "tables" / "accuracy.md").read_text()
           if (out_dir / "tables" / "accuracy.md").exists() else "")
     print(f"results in {out_dir}/ (report.md, report.html, tables/, plots/)")
@@ -73,15 +75,13 @@ def _cmd_report(argv: list[str]) -> int:
     from pathlib import Path
 
     from geoxray.run import store
-    from geoxray.score.report import write_report
+    from geoxray.run.evaluate import rebuild_report
 
     out_dir = Path(args.dir)
     if not (out_dir / store.PREDICTIONS).is_dir():
         print(f"error: {out_dir} has no predictions/ folder", file=sys.stderr)
         return 2
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    path = write_report(out_dir, manifest=manifest)  # reads predictions/ alone
+    path = rebuild_report(out_dir)  # the run's selection, from predictions/ and failures/
     print(f"report rebuilt from {out_dir / store.PREDICTIONS} -> {path}")
     return 0
 
@@ -190,6 +190,7 @@ def top_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from geoxray import console
     from geoxray.config import ConfigError
+    from geoxray.run.store import RunError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-"):
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:  # a busy or mismatched folder, an engine that is down
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -39,12 +39,16 @@ class RunConfig:
     batch_size: int = 64  # items per engine call (crosses the Ray boundary once)
     concurrency: int = 2  # Ray Data workers calling the engine
     tasks: Optional[list[str]] = None  # None = all 7
-    max_items_per_task: Optional[int] = None  # quick runs: the first N of each task
+    max_items_per_task: Optional[int] = None  # quick runs: a seeded sample of N per task,
+    sample_seed: int = 0  # stratified by instance and gold (geoxray/run/selection.py)
     image_cache_size: int = 64
     max_image_pixels: int = 50_000_000  # larger images are marked image_too_large (header check)
     image_read_timeout_s: Optional[float] = 60.0  # read + decode of one image; null = no limit
     progress: bool = True
     bootstrap: int = 1000
+    retry_failed: bool = True  # a rerun retries items whose engine call failed
+    stop_after_failed_batches: int = 3  # stop when the engine failed every item of N in a row
+    on_mismatch: str = "refuse"  # output_dir stamped with other settings: refuse | new_folder
 
 
 @dataclass
@@ -111,6 +115,7 @@ def validate(raw: DictConfig | dict) -> Config:
     _check_choice("data.kind", cfg.data.kind, DATA_KINDS)
     _check_choice("model.engine", cfg.model.engine, ENGINES)
     _check_choice("decode.mode", cfg.decode.mode, DECODE_MODES)
+    _check_choice("run.on_mismatch", cfg.run.on_mismatch, ("refuse", "new_folder"))
     check_ranges(cfg)
     check_paths(cfg)
     from geoxray.infer.protocol import ProtocolError, apply_protocol

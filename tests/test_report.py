@@ -215,7 +215,7 @@ def test_report_rebuilds_from_parquet_parts(tmp_path, preds):
     for i, start in enumerate(range(0, len(frame), third)):
         pq.write_table(to_arrow(frame.iloc[start:start + third]), folder / f"part-{i}.parquet")
     pq.write_table(to_arrow(frame.iloc[:5]), folder / "_inflight.parquet")  # not committed
-    (folder / "torn.parquet").write_bytes(b"PAR1 not really")
+    (folder / "part-torn.parquet").write_bytes(b"PAR1 not really")
     (tmp_path / "manifest.json").write_text(json.dumps(
         {"model": {"name": "good"}, "counts": {"items": len(frame)}, "dataset_hash": "abc"}))
 
@@ -223,7 +223,7 @@ def test_report_rebuilds_from_parquet_parts(tmp_path, preds):
 
     assert report == tmp_path / "report.md"
     text = report.read_text()
-    assert "torn.parquet" in text  # the unreadable part is reported, not fatal
+    assert "part-torn.parquet" in text  # the unreadable part is reported, not fatal
     assert "dataset_hash" in text and "model.name" in text  # run info from the manifest
     for name in ("accuracy", "bias", "option_shares", "invalid", "leaderboard_accuracy"):
         assert (tmp_path / "tables" / f"{name}.csv").is_file()
@@ -252,8 +252,8 @@ def test_read_predictions_drops_repeated_keys(tmp_path, preds):
     folder = tmp_path / "predictions"
     folder.mkdir()
     part = preds.iloc[:40]
-    pq.write_table(to_arrow(part), folder / "a.parquet")
-    pq.write_table(to_arrow(part.iloc[:10]), folder / "b.parquet")
+    pq.write_table(to_arrow(part), folder / "part-a.parquet")
+    pq.write_table(to_arrow(part.iloc[:10]), folder / "part-b.parquet")
     problems: list[str] = []
     frame = read_predictions(tmp_path, problems)
     assert len(frame) == 40 and frame["key"].is_unique

@@ -40,3 +40,8 @@ PREDICTION_SCHEMA = pa.schema([
     ("generated_tokens", pa.int64()),
     ("latency_s", pa.float64()),
 ])
+
+# What scoring reads of a prediction (geoxray/run/store.py reads them; the reply text, the
+# bulk of a part, stays on disk).
+SCORE_COLUMNS = ("key", "item_id", "model", "decode", "task", "instance", "location", "crop",
+                 "answer", "pred", "invalid_reason", "option_probs")

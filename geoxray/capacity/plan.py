@@ -73,21 +73,17 @@ def item_counts(cfg: Config) -> tuple[dict[str, int], str]:
     from geoxray.bench.index import build_items
     from geoxray.run.benchmark import items_path
 
+    from geoxray.run.selection import SELECTION_COLUMNS, choose
+
     path, source = items_path(cfg), "items.parquet"
     if path is not None and path.is_file():
-        table = pq.read_table(path, columns=["task", "split"])
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[c for c in SELECTION_COLUMNS if c in names])
     else:  # an unbuilt benchmark: the paper's structure (the synthetic presets mirror it)
         table, source = build_items(), "authors' index (benchmark not built yet)"
-    tasks = set(cfg.run.tasks) if cfg.run.tasks else None
-    splits = set(cfg.data.splits)
-    counts: dict[str, int] = {}
-    for task, split in zip(table.column("task").to_pylist(), table.column("split").to_pylist()):
-        if split in splits and (tasks is None or task in tasks):
-            counts[task] = counts.get(task, 0) + 1
-    cap = cfg.run.max_items_per_task
-    if cap is not None:
-        counts = {t: min(n, cap) for t, n in counts.items()}
-    return counts, source
+    chosen = choose(table, cfg.run.tasks, cfg.data.splits, cfg.run.max_items_per_task,
+                    cfg.run.sample_seed)
+    return chosen.per_task, source
 
 
 # --- the plan -------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from geoxray.capacity.plan_model import params_billion
 from geoxray.capacity.profile_file import DEFAULT_DIR, PROFILE_FORMAT, slug, write_profile
@@ -117,11 +116,12 @@ def _gpu_slug(name: str) -> str:
 
 # --- samples -----------------------------------------------------------------------------------
 def selected_rows(items_path: Path, cfg: Config) -> list[dict]:
-    """The items a run of `cfg` selects (splits, tasks), in items.parquet order, keyed by id."""
-    tasks = set(cfg.run.tasks) if cfg.run.tasks else None
-    splits = set(cfg.data.splits)
-    return [{**row, "key": row["item_id"]} for row in pq.read_table(items_path).to_pylist()
-            if row["split"] in splits and (tasks is None or row["task"] in tasks)]
+    """The items a run of `cfg` selects (splits, tasks; no cap: profiling draws its own
+    sample), in items.parquet order, keyed by id."""
+    from geoxray.run.selection import choose_items, iter_selected
+
+    chosen = choose_items(items_path, cfg, apply_cap=False)
+    return [{**row, "key": row["item_id"]} for row in iter_selected(items_path, chosen)]
 
 
 def tail_rows(selected: list[dict], cfg: Config, per_task: int) -> list[dict]:
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     rest = [o for o in args.overrides if not o.startswith("decode=")]
     modes = decode[0].split(",") if decode else ["paper", "choice"]
     try:
+        if any(o.lstrip("+").startswith("output_dir=") for o in rest):
+            raise ConfigError("config key 'output_dir': profile runs its evals in a scratch "
+                              "folder and writes only the profile JSON; use --out DIR")
         configs = [load_config([*rest, f"decode={mode}"]) for mode in modes]
         profile = profile_model(configs, args.items, args.stage_items, args.device)
     except ConfigError as exc:

@@ -1,81 +1,78 @@
 """One model on one benchmark: items -> Ray Data -> engine -> predictions -> tables, report.
 
-    pending = items of the selected tasks whose prediction key is not on disk yet
-    Ray Data: read pending -> map_batches(PredictStage) -> driver writes one part per batch
+    folder  = output_dir (run/folder.py), stamped, locked for the run (run/store.py)
+    pending = the selected items (run/selection.py) not answered yet, and those whose engine
+              call failed before (unless run.retry_failed=false)
+    Ray Data: read pending -> map_batches(PredictStage) -> driver commits one part per batch
+              (answers to predictions/, failures to failures/); an engine that fails every
+              item of run.stop_after_failed_batches batches in a row stops the run
+    tables  = exactly the selected keys, failed items counted apart (never as wrong)
 """
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geoxray.bench.index import short_hash
-from geoxray.bench.prompts import get_prompt
-from geoxray.config import Config
-from geoxray.infer.config import DecodeConfig, ModelConfig
-from geoxray.infer.protocol import key_parts
-from geoxray.run import store
+from geoxray.config import Config, ConfigError
+from geoxray.run import folder, store
+from geoxray.run import selection as selection_rule
 from geoxray.run.benchmark import Benchmark, prepare_benchmark
 from geoxray.ops.raycluster import init_ray
 
-# Model settings that can change an answer (replica counts, timeouts etc. cannot).
-_MODEL_IDENTITY = ("name", "engine", "path", "seed", "dtype", "min_pixels", "max_pixels",
-                   "max_model_len", "engine_kwargs", "adapter")
+# Re-exported: earlier callers import them from here (the rules live in folder/selection).
+default_output_dir, model_fingerprint, decode_fingerprint = (
+    folder.default_output_dir, selection_rule.model_fingerprint,
+    selection_rule.decode_fingerprint)
 
 
-def model_fingerprint(model: ModelConfig) -> str:
-    identity = {k: getattr(model, k, None) for k in _MODEL_IDENTITY}
-    if model.random_weights:  # only when set: earlier runs keep their keys
-        identity["random_weights"] = True
-    for extra, default in (("api_image", "png"), ("message_layout", "in_place")):
-        if getattr(model, extra) != default:  # only when set: earlier runs keep their keys
-            identity[extra] = getattr(model, extra)
-    return short_hash(identity, n=16)
+class EngineDown(store.RunError):
+    """The engine failed every item of several batches in a row: the run stops early."""
 
-
-def decode_fingerprint(decode: DecodeConfig) -> str:
-    settings = asdict(decode)
-    if settings.get("repetition_penalty") == 1.0:  # the default: earlier runs keep their keys
-        del settings["repetition_penalty"]
-    return short_hash(settings, n=16)
-
-
-def default_output_dir(cfg: Config) -> Path:
-    # one folder per protocol: its tables must not mix two protocols' answers
-    return Path("runs") / f"{cfg.model.name}-{cfg.data.name}-{cfg.decode.mode}-{cfg.protocol.name}"
+    def __init__(self, written: int, message: str):
+        super().__init__(message)
+        self.written = written  # rows committed before the stop
 
 
 @dataclass
 class Selection:
     pending_path: Path | None
     selected: int = 0
+    available: int = 0  # items the run could select without a cap
     pending: int = 0
     per_task: dict[str, int] = field(default_factory=dict)
     gold_marginals: dict[str, dict[str, float]] = field(default_factory=dict)
+    limited: str | None = None  # "limited: N of M items" for a capped run
+    keys: set[str] = field(default_factory=set)  # every selected key (what the tables score)
+    retried: int = 0  # pending items that had failed before
+    quarantined: list[str] = field(default_factory=list)
 
 
 def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
-    """Stream items.parquet once: choose the run's items, key them, keep those not done yet,
-    and write them to pending files that Ray Data reads (the driver holds one chunk)."""
-    done = store.done_keys(out_dir)
-    model_fp, decode_fp = model_fingerprint(cfg.model), decode_fingerprint(cfg.decode)
-    protocol_key = key_parts(cfg.protocol)  # the crop pixels; () for protocol=clean
-    tasks = set(cfg.run.tasks) if cfg.run.tasks else None
-    splits = set(cfg.data.splits)
-    cap = cfg.run.max_items_per_task
-    per_task: Counter = Counter()
-    gold: dict[str, Counter] = defaultdict(Counter)
+    """Choose the run's items (run/selection.py), key them, keep those not answered yet
+    (and, unless run.retry_failed=false, those whose engine call failed), and write them to
+    pending files that Ray Data reads (the driver holds one chunk)."""
+    chosen = selection_rule.choose_items(bench.items_path, cfg)
+    if not chosen.selected:
+        raise ConfigError(f"the selection is empty: no items of split(s) {cfg.data.splits}"
+                          f"{' and tasks ' + str(cfg.run.tasks) if cfg.run.tasks else ''} in "
+                          f"{bench.items_path} (config keys 'data.splits', 'run.tasks')")
+    on_disk = store.scan(out_dir)  # quarantines unreadable parts (we hold the lock)
+    skip = on_disk.answered | (set() if cfg.run.retry_failed else on_disk.failed)
+    keys = selection_rule.KeyMaker.for_config(cfg)
     pending_dir = out_dir / ".pending"
     shutil.rmtree(pending_dir, ignore_errors=True)
     pending_dir.mkdir(parents=True)
-    selection = Selection(pending_dir)
-    reader = pq.ParquetFile(bench.items_path)
+    selection = Selection(pending_dir, selected=chosen.selected, available=chosen.available,
+                          per_task=dict(chosen.per_task), limited=chosen.limit_note(),
+                          quarantined=on_disk.quarantined)
+    selection.gold_marginals = {t: {o: n / sum(c.values()) for o, n in c.items()}
+                                for t, c in chosen.gold.items()}
     # One pending file = one Ray Data block = one committed part: a few engine batches, so a
     # kill loses little, and long runs of one image set (items are sorted by image set).
     rows_per_file = 4 * cfg.run.batch_size
@@ -85,34 +82,24 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
     def flush() -> None:
         nonlocal files_written
         if chunk:
-            pq.write_table(pa.Table.from_pylist(chunk), pending_dir / f"{files_written:06d}.parquet")
+            pq.write_table(pa.Table.from_pylist(chunk),
+                           pending_dir / f"{files_written:06d}.parquet")
             files_written += 1
             selection.pending += len(chunk)
             chunk.clear()
 
-    for batch in reader.iter_batches(batch_size=8192):
-        for row in batch.to_pylist():
-            task = row["task"]
-            if (tasks and task not in tasks) or row["split"] not in splits:
-                continue
-            if cap is not None and per_task[task] >= cap:
-                continue
-            per_task[task] += 1
-            gold[task][row["answer"]] += 1
-            row["key"] = short_hash(row["item_id"], get_prompt(task).fingerprint, model_fp,
-                                    decode_fp, *protocol_key)
-            if row["key"] not in done:
-                chunk.append(row)
-                if len(chunk) >= rows_per_file:
-                    flush()
+    for row in selection_rule.iter_selected(bench.items_path, chosen):
+        row["key"] = keys.key(row["item_id"], row["task"])
+        selection.keys.add(row["key"])
+        if row["key"] not in skip:
+            selection.retried += row["key"] in on_disk.failed
+            chunk.append(row)
+            if len(chunk) >= rows_per_file:
+                flush()
     flush()
     if not selection.pending:
         shutil.rmtree(pending_dir)
         selection.pending_path = None
-    selection.selected = sum(per_task.values())
-    selection.per_task = dict(per_task)
-    selection.gold_marginals = {t: {o: n / sum(c.values()) for o, n in c.items()}
-                                for t, c in gold.items()}
     return selection
 
 
@@ -151,13 +138,28 @@ def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir
                                    max_image_pixels=cfg.run.max_image_pixels,
                                    image_read_timeout_s=cfg.run.image_read_timeout_s))
     written = 0
+    streak = streak_items = 0  # batches in a row in which the engine failed every item
     progress = _progress(cfg, selection.pending, f"{cfg.model.name} on {bench.name}")
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if batch.num_rows:
-            store.write_part(out_dir, batch)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not batch.num_rows:
+                continue
+            answered, failed = store.write_part(out_dir, batch)
             written += batch.num_rows
             progress.update(batch.num_rows)
-    progress.close()
+            streak, streak_items = ((streak + 1, streak_items + failed) if failed and not answered
+                                    else (0, 0))
+            if streak >= cfg.run.stop_after_failed_batches > 0:
+                errors = [e for e in batch.column("error").to_pylist() if e]
+                raise EngineDown(written,
+                    f"stopped: the engine failed every item of the last {streak} batches "
+                    f"({streak_items} items; e.g. {errors[0] if errors else 'no detail'!r}). "
+                    f"Answers so far are kept; "
+                    f"failed items are stored apart, never scored, and the next run into "
+                    f"{out_dir} retries them: fix the endpoint or key and rerun (no new "
+                    f"folder needed)")
+    finally:
+        progress.close()
     return written
 
 
@@ -170,24 +172,72 @@ def _progress(cfg: Config, total: int, desc: str):
     return console.progress_bar(total, f"{desc} ({cfg.decode.mode})", enabled=cfg.run.progress)
 
 
-def evaluate(cfg: Config, engine_builder=None) -> Path:
-    """Run (or resume) one evaluation; returns the output directory."""
-    from geoxray import console
-    from geoxray.run.manifest import write_manifest
-    from geoxray.score.report import write_report
-
+def evaluate(cfg: Config, engine_builder=None, dry_run: bool = False) -> Path:
+    """Run (or resume) one evaluation; returns the output directory. With `dry_run`, check
+    the config, the benchmark and the folder, print where the run would write, and stop."""
     started = time.time()
     bench = prepare_benchmark(cfg)  # config and data mistakes fail here, before Ray
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    stamp = folder.run_stamp(cfg, bench.items_path)
+    out_dir = folder.resolve(cfg, stamp)
+    print(f"geoxray eval: {cfg.model.name} on {bench.name} ({cfg.decode.mode}) -> {out_dir}/"
+          + (" [dry run: nothing written]" if dry_run else ""), flush=True)
+    if dry_run:
+        return out_dir
+    from geoxray import console
     out_dir.mkdir(parents=True, exist_ok=True)
     console.redirect_chatter(out_dir)  # Ray's and vLLM's lines -> out_dir/logs/ (CLI only)
-    selection = select_pending(cfg, bench, out_dir)
-    init_ray(cfg.ray)
-    written = run_predictions(cfg, bench, selection, out_dir, engine_builder)
-    if selection.pending_path is not None:
-        shutil.rmtree(selection.pending_path, ignore_errors=True)
-    preds = store.read_predictions(out_dir).to_pandas()
-    manifest = write_manifest(out_dir, cfg, bench, selection, written, preds,
-                              wall_s=time.time() - started)
-    write_report(out_dir, preds=preds, manifest=manifest, n_boot=cfg.run.bootstrap)
+    with store.writer_lock(out_dir):
+        differences = folder.mismatch(out_dir, stamp)  # a writer may have stamped it since
+        if differences:
+            raise store.RunFolderError(f"{out_dir} was stamped by another run meanwhile: "
+                                       f"{'; '.join(differences)}")
+        store.write_stamp(out_dir, stamp)
+        selection = select_pending(cfg, bench, out_dir)
+        for note in [selection.limited] + selection.quarantined:
+            if note:
+                print(f"geoxray eval: {note}", flush=True)
+        store.write_selection(out_dir, sorted(selection.keys))
+        stopped: EngineDown | None = None
+        written = 0
+        try:
+            init_ray(cfg.ray)
+            written = run_predictions(cfg, bench, selection, out_dir, engine_builder)
+        except EngineDown as exc:
+            stopped, written = exc, exc.written
+        finally:
+            if selection.pending_path is not None:
+                shutil.rmtree(selection.pending_path, ignore_errors=True)
+        finish(out_dir, cfg, bench, selection, written, time.time() - started,
+               stopped=str(stopped) if stopped else None)
+    if stopped is not None:
+        raise stopped
     return out_dir
+
+
+def finish(out_dir: Path, cfg: Config, bench: Benchmark, selection: Selection, written: int,
+           wall_s: float, stopped: str | None = None) -> dict:
+    """Manifest, tables and report of the run's selected items (failed ones counted apart)."""
+    from geoxray.run.manifest import write_manifest
+
+    preds = store.scoring_frame(out_dir, keys=selection.keys)
+    manifest = write_manifest(out_dir, cfg, bench, selection, written, preds, wall_s=wall_s,
+                              stopped=stopped)
+    rebuild_report(out_dir, preds=preds, manifest=manifest, n_boot=cfg.run.bootstrap)
+    return manifest
+
+
+def rebuild_report(out_dir: Path, preds=None, manifest: dict | None = None,
+                   n_boot: int | None = None) -> Path:
+    """Tables, plots and report of a run folder (`geoxray report DIR`): its recorded selection
+    scored from its predictions (read by run/store.py), the manifest's notes on top."""
+    from geoxray.score.report import read_manifest, write_report
+
+    problems: list[str] = []
+    if preds is None:
+        preds = store.scoring_frame(out_dir, problems)
+    if manifest is None:
+        manifest = read_manifest(out_dir, problems)
+    run = (manifest or {}).get("run", {}) if isinstance(manifest, dict) else {}
+    notes = [n for n in (run.get("limited"), run.get("stopped")) if n] + problems
+    kwargs = {} if n_boot is None else {"n_boot": n_boot}
+    return write_report(out_dir, preds=preds, manifest=manifest, notes=notes, **kwargs)

@@ -88,7 +88,7 @@ def _legend_outside(ax, handles=None, labels=None) -> None:
               **kwargs)
 
 
-def plot_accuracy(accuracy: pd.DataFrame, path: Path) -> Path | None:
+def plot_accuracy(accuracy: pd.DataFrame, path: Path, note: str | None = None) -> Path | None:
     """Grouped bars: task-total accuracy per task and series, 95% CI error bars, chance
     level (1/K) as a dashed mark per task."""
     totals = _task_totals(accuracy)
@@ -117,7 +117,7 @@ def plot_accuracy(accuracy: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylim(0, 1.12)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy (invalid = wrong)")
-    ax.set_title("Accuracy by task (95% CI over locations)")
+    ax.set_title(_titled("Accuracy by task (95% CI over locations)", note))
     ax.grid(axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()  # models first, chance last
     order = sorted(range(len(labels)), key=lambda i: labels[i] == "chance (1/K)")
@@ -125,7 +125,8 @@ def plot_accuracy(accuracy: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
+def plot_option_shares(shares: pd.DataFrame, path: Path, note: str | None = None
+                       ) -> Path | None:
     """One panel per task: share of answers on each option per series (expected
     distributions hatched), the gold share as black marks, and 1/K dotted."""
     if shares.empty:
@@ -186,7 +187,7 @@ def plot_option_shares(shares: pd.DataFrame, path: Path) -> Path | None:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("share of answers")
-    fig.suptitle("Choice bias: answer share per option vs gold share")
+    fig.suptitle(_titled("Choice bias: answer share per option vs gold share", note))
     order = [s for s in series if s in handles] + [k for k in handles if k not in series]
     fig.tight_layout()
     # Outside the panels on the right; the tight bounding box at save time keeps it whole.
@@ -203,7 +204,8 @@ def empty_panel_note(part: pd.DataFrame) -> str | None:
     return "no valid answers\n(see the invalid table)"
 
 
-def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path) -> Path | None:
+def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path, note: str | None = None
+                         ) -> Path | None:
     """Per (fixed, random) task pair and series: accuracy on the uncropped tile (solid) and
     on the random crops (hatched), with CIs and the chance level."""
     totals = _task_totals(accuracy)
@@ -243,7 +245,8 @@ def plot_fixed_vs_random(accuracy: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylim(0, 1.15)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy (invalid = wrong)")
-    ax.set_title("Same questions on the whole tile (solid) and on its 9 crops (hatched)")
+    ax.set_title(_titled("Same questions on the whole tile (solid) and on its 9 crops (hatched)",
+                         note))
     ax.grid(axis="y", alpha=0.3)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -266,15 +269,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_plots(tables: Tables, out_dir: str | Path) -> dict[str, Path]:
-    """Write out_dir/plots/{accuracy,option_shares,fixed_vs_random}.png (those with data).
-    Returns the paths by file name."""
+def _titled(title: str, note: str | None) -> str:
+    """A plot title, with the run's note ("limited: N of M items") under it when there is one."""
+    return f"{title}\n({note})" if note else title
+
+
+def write_plots(tables: Tables, out_dir: str | Path, note: str | None = None
+                ) -> dict[str, Path]:
+    """Write out_dir/plots/{accuracy,option_shares,fixed_vs_random}.png (those with data),
+    `note` (e.g. "limited: N of M items") in every title. Returns the paths by file name."""
     folder = Path(out_dir) / "plots"
     made = {
-        "accuracy.png": plot_accuracy(tables.accuracy, folder / "accuracy.png"),
+        "accuracy.png": plot_accuracy(tables.accuracy, folder / "accuracy.png", note),
         "option_shares.png": plot_option_shares(tables.option_shares,
-                                                folder / "option_shares.png"),
+                                                folder / "option_shares.png", note),
         "fixed_vs_random.png": plot_fixed_vs_random(tables.accuracy,
-                                                    folder / "fixed_vs_random.png"),
+                                                    folder / "fixed_vs_random.png", note),
     }
     return {name: p for name, p in made.items() if p is not None}

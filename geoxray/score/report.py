@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from geoxray.bench.schema import PREDICTION_SCHEMA
+from geoxray.bench.schema import SCORE_COLUMNS
 from geoxray.bench.tasks import TASK_BY_NAME
 from geoxray.score.glossary import GLOSSARY, glossary_rows  # noqa: F401 (re-exported)
 from geoxray.score.metrics import DEFAULT_N_BOOT, DEFAULT_SEED
@@ -25,50 +23,13 @@ from geoxray.score.tables import (ALL, Tables, format_cell, compute_tables, seri
 
 
 # --- input -----------------------------------------------------------------------------------
-def prediction_files(out_dir: str | Path) -> list[Path]:
-    """Committed Parquet parts under out_dir/predictions (hidden and `_` files skipped: those
-    are in-progress writes)."""
-    folder = Path(out_dir) / "predictions"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*.parquet")
-                  if p.is_file() and not any(part.startswith((".", "_"))
-                                             for part in p.relative_to(folder).parts))
-
-
-# What scoring reads: the raw reply text (the bulk of a part) stays on disk.
-SCORE_COLUMNS = ("key", "model", "decode", "task", "instance", "location", "answer", "pred",
-                 "invalid_reason", "option_probs", "variant", "base_item_id")
-
-
 def read_predictions(out_dir: str | Path, problems: list[str] | None = None,
                      columns: tuple[str, ...] | None = SCORE_COLUMNS) -> pd.DataFrame:
-    """All prediction parts as one frame: `columns` (those a part has; None for all). A part
-    that cannot be read is skipped and described in `problems`; rows repeating a `key` are
-    dropped (first kept) and counted there too."""
-    problems = [] if problems is None else problems
-    parts = []
-    for path in prediction_files(out_dir):
-        try:
-            present = pq.ParquetFile(path).schema_arrow.names
-            wanted = None if columns is None else [c for c in columns if c in present]
-            parts.append(pq.read_table(path, columns=wanted))
-        except Exception as exc:  # a torn or foreign file must not stop the report
-            problems.append(f"unreadable prediction part {path.name}: {type(exc).__name__}: "
-                            f"{exc}")
-    if not parts:
-        empty = PREDICTION_SCHEMA.empty_table()
-        if columns is not None:
-            empty = empty.select([c for c in columns if c in empty.schema.names])
-        return empty.to_pandas()
-    table = pa.concat_tables(parts, promote_options="permissive")
-    frame = table.to_pandas()
-    if "key" in frame.columns:
-        dup = frame["key"].notna() & frame.duplicated("key", keep="first")
-        if dup.any():
-            problems.append(f"{int(dup.sum())} prediction rows repeat a key; first kept")
-            frame = frame[~dup].reset_index(drop=True)
-    return frame
+    """A run folder's scoring frame, read by run/store.py (the only reader of predictions/):
+    its selected keys, failed items flagged `failed`; problems (unreadable parts, repeated
+    keys, stray rows) are described in `problems`."""
+    from geoxray.run import store  # the disk is the store's; scoring itself takes tables
+    return store.scoring_frame(Path(out_dir), problems, columns)
 
 
 def read_manifest(out_dir: str | Path, problems: list[str]) -> dict | None:
@@ -137,10 +98,14 @@ def _labelled(table: pd.DataFrame) -> pd.DataFrame:
 def _summary(preds: pd.DataFrame, tables: Tables) -> str:
     totals = tables.accuracy[tables.accuracy["instance"] == ALL]
     n, invalid = int(totals["n"].sum()), int(totals["invalid"].sum())
+    failed = int(totals["failed"].sum()) if "failed" in totals else 0
     models = ", ".join(dict.fromkeys(series_labels(totals))) if len(totals) else "none"
     share = f" ({invalid / n:.1%})" if n else ""
-    return (f"{len(preds)} predictions; {n} scored items over {totals['task'].nunique()} "
-            f"task(s); {invalid} invalid{share}. Models: {models}.")
+    unscored = (f" {failed} item(s) unscored: the engine call failed (counted apart, never "
+                f"as wrong; a rerun retries them)." if failed else "")
+    return (f"{len(preds) - failed} predictions; {n} scored items over "
+            f"{totals['task'].nunique()} task(s); {invalid} invalid{share}.{unscored} "
+            f"Models: {models}.")
 
 
 # --- the headline: one row per (task, model) --------------------------------------------------
@@ -226,10 +191,14 @@ def _optional_sections(preds: pd.DataFrame) -> list[tuple[str, list[Block]]]:
 
 def build_sections(preds: pd.DataFrame, tables: Tables, manifest: dict | None,
                    table_paths: dict[str, Path], plot_paths: dict[str, Path],
-                   problems: list[str]) -> list[tuple[str, list[Block]]]:
-    """The report, in reading order: headline, problems, details, glossary, configuration.
-    Each section is (heading, blocks); add a line or a column by adding a Block."""
+                   problems: list[str], notes: list[str] | None = None
+                   ) -> list[tuple[str, list[Block]]]:
+    """The report, in reading order: notes (a limited or stopped run), headline, problems,
+    details, glossary, configuration. Each section is (heading, blocks); add a line or a
+    column by adding a Block."""
     sections: list[tuple[str, list[Block]]] = []
+    if notes:  # "limited: N of M items", a stopped run: above everything
+        sections.append(("Notes", [Block("text", "\n".join(f"- {n}" for n in notes))]))
     head = [Block("text", _summary(preds, tables))]
     headline = headline_table(tables)
     if len(headline):
@@ -242,6 +211,7 @@ def build_sections(preds: pd.DataFrame, tables: Tables, manifest: dict | None,
     totals = _labelled(tables.accuracy[tables.accuracy["instance"] == ALL])
     sections.append(("Accuracy per task, 95% CI", [
         Block("table", table=totals[["model", "decode", "task", "n", "correct", "invalid",
+                                     "failed",
                                      "accuracy", "ci_low", "ci_high", "chance"]])]))
     per_instance = [Block("text", "Accuracy by source instance; CIs in tables/accuracy.csv.")]
     for name, pivot in _instance_pivots(tables):
@@ -357,9 +327,10 @@ def render_html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
 
 def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
                  manifest: dict | None = None, *, n_boot: int = DEFAULT_N_BOOT,
-                 seed: int = DEFAULT_SEED, title: str = "geoxray report") -> Path:
+                 seed: int = DEFAULT_SEED, title: str = "geoxray report",
+                 notes: list[str] | None = None) -> Path:
     """Write out_dir/tables/*, out_dir/plots/*.png, out_dir/report.html and out_dir/report.md
-    (returned). Without `preds`, reads out_dir/predictions/*.parquet; without `manifest`,
+    (returned). Without `preds`, run/store.py reads the run's predictions; without `manifest`,
     reads out_dir/manifest.json when present."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -375,14 +346,15 @@ def write_report(out_dir: str | Path, preds: pd.DataFrame | None = None,
         tables = compute_tables(primary_rows(preds), n_boot=n_boot, seed=seed)
     problems += [str(w.message) for w in caught]
     table_paths = write_tables(None, out_dir, tables=tables)
-    plot_paths = write_plots(tables, out_dir)
-    sections = build_sections(preds, tables, manifest, table_paths, plot_paths, problems)
+    limited = [n for n in notes or [] if n.startswith("limited:")]
+    plot_paths = write_plots(tables, out_dir, note=limited[0] if limited else None)
+    sections = build_sections(preds, tables, manifest, table_paths, plot_paths, problems, notes)
     (out_dir / "report.html").write_text(render_html(title, sections))
     report = out_dir / "report.md"
     report.write_text(render_markdown(title, sections))
     return report
 
 
-__all__ = ["SCORE_COLUMNS", "prediction_files", "read_predictions", "read_manifest", "write_report",
+__all__ = ["SCORE_COLUMNS", "read_predictions", "read_manifest", "write_report",
            "render_markdown", "render_html", "build_sections", "headline_table",
            "console_table", "glossary_rows"]

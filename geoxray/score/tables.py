@@ -24,7 +24,8 @@ from geoxray.score.metrics import DEFAULT_N_BOOT, DEFAULT_SEED
 ALL = "all"  # the instance label of a task's total
 GROUP = ["model", "decode", "task"]
 ACCURACY_COLUMNS = ["model", "decode", "task", "task_number", "task_title", "instance", "K",
-                    "n", "correct", "invalid", "accuracy", "ci_low", "ci_high", "chance"]
+                    "n", "correct", "invalid", "failed", "accuracy", "ci_low", "ci_high",
+                    "chance"]
 BIAS_COLUMNS = ["model", "decode", "task", "task_number", "K", "n", "n_valid", "h_norm", "kl",
                 "kl_uniform", "p_mode", "mode_option", "a_mode", "invalid_rate", "source",
                 "h_norm_low", "h_norm_high", "kl_uniform_low", "kl_uniform_high",
@@ -43,7 +44,8 @@ def _null_to_none(column: pd.Series) -> pd.Series:
 
 def prepare(preds: pd.DataFrame) -> pd.DataFrame:
     """A clean copy of a predictions frame: required columns checked, optional ones filled
-    (decode "", instance "unknown", location per item when missing), nulls as None."""
+    (decode "", instance "unknown", location per item when missing, failed False), nulls
+    as None. A `failed` row is an item whose engine call failed: counted, never scored."""
     missing = [c for c in ("model", "task", "answer", "pred") if c not in preds.columns]
     if missing:
         raise ValueError(f"predictions lack required column(s) {missing}")
@@ -62,8 +64,15 @@ def prepare(preds: pd.DataFrame) -> pd.DataFrame:
     # An item without a location is its own resampling cluster.
     df["location"] = [f"item:{i}" if loc is None else str(loc)
                       for i, loc in zip(df.index, df["location"])]
+    df["failed"] = (df["failed"].fillna(False).astype(bool) if "failed" in df.columns
+                    else False)
     df.attrs[_PREPARED] = True
     return df
+
+
+def _scored(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that have an answer (failed engine calls are not answers, not even wrong)."""
+    return df[~df["failed"]]
 
 
 def _split_known(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -91,12 +100,14 @@ def _ordered(table: pd.DataFrame, columns: list[str], by: list[str]) -> pd.DataF
 def accuracy_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
                    seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """One row per (model, decode, task, instance) plus instance `all` for the task total:
-    n, correct, invalid, accuracy (invalid = wrong) and its 95% CI over locations."""
+    n, correct, invalid, accuracy (invalid = wrong) and its 95% CI over locations, over the
+    answered items; `failed` counts the items whose engine call failed (not in n)."""
     df, _ = _split_known(prepare(preds))
     rows = []
     for model, decode, spec, g in _groups(df):
         parts = [(ALL, g)] + sorted(g.groupby("instance", sort=False), key=lambda kv: kv[0])
-        for instance, part in parts:
+        for instance, items in parts:
+            part = _scored(items)
             acc = metrics.accuracy(part["pred"].tolist(), part["answer"].tolist(),
                                    part["location"].tolist(), options=spec.options,
                                    n_boot=n_boot, seed=seed)
@@ -104,6 +115,7 @@ def accuracy_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
                          "task_number": spec.number, "task_title": spec.title,
                          "instance": instance, "K": spec.K, "n": acc.n,
                          "correct": acc.correct, "invalid": acc.invalid,
+                         "failed": int(items["failed"].sum()),
                          "accuracy": acc.accuracy, "ci_low": acc.ci_low,
                          "ci_high": acc.ci_high, "chance": 1.0 / spec.K,
                          "_rank": 0 if instance == ALL else 1})
@@ -145,7 +157,7 @@ def bias_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
     """Choice bias per (model, decode, task) over the valid answers (source `counts`), and
     from the expected option distribution where option_probs exist (source `expected`),
     with percentile location-bootstrap CIs of h_norm, kl_uniform and p_mode."""
-    df, _ = _split_known(prepare(preds))
+    df, _ = _split_known(_scored(prepare(preds)))
     rows = [{**key, "K": b.K, "n": b.n, "n_valid": b.n_valid, "h_norm": b.h_norm,
              "kl": b.kl, "kl_uniform": b.kl_uniform, "p_mode": b.p_mode,
              "mode_option": b.mode_option, "a_mode": b.a_mode,
@@ -158,7 +170,7 @@ def bias_table(preds: pd.DataFrame, *, n_boot: int = DEFAULT_N_BOOT,
 def option_shares(preds: pd.DataFrame) -> pd.DataFrame:
     """Long format: the share of answers (or expected probability) on each option of each
     task, beside the gold share over the same items. Options in the task's order."""
-    df, _ = _split_known(prepare(preds))
+    df, _ = _split_known(_scored(prepare(preds)))
     rows = []
     for key, source, b, _ in _bias_rows(df):
         options = get_task(key["task"]).options
@@ -172,7 +184,7 @@ def option_shares(preds: pd.DataFrame) -> pd.DataFrame:
 def invalid_reasons(preds: pd.DataFrame) -> pd.DataFrame:
     """Invalid items per (model, decode, task, reason), with their share of the group's items.
     Rows of tasks outside the task table appear with reason `unknown_task`."""
-    df, unknown = _split_known(prepare(preds))
+    df, unknown = _split_known(_scored(prepare(preds)))
     rows = []
     for model, decode, spec, g in _groups(df):
         bad = [r if r is not None else "unspecified"

@@ -23,36 +23,20 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from geoxray.bench.schema import SCORE_COLUMNS
 from geoxray.run import store
 from geoxray.sweep.spec import SweepSpec
 
-# What scoring reads; reply text and error details stay on disk (they dominate the size).
-SCORE_COLUMNS = ["key", "item_id", "model", "decode", "task", "instance", "location", "crop",
-                 "answer", "pred", "invalid_reason", "option_probs"]
-# Read where the predictions have them (item variants of a consistency run).
-VARIANT_COLUMNS = ["variant", "base_item_id"]
 POINT_COLUMNS = ["point", "model", "data", "decode", "status", "predictions", "invalid",
                  "wall_s", "attempts", "error"]
 
 
 def point_predictions(out_dir: Path, series: str) -> pd.DataFrame:
-    """One point's predictions (scoring columns, one row per key), its model column set to
-    the point's leaderboard label."""
-    parts = []
-    for part in store.parts(out_dir):
-        try:
-            present = set(pq.ParquetFile(part).schema_arrow.names)
-            parts.append(pq.read_table(part, columns=SCORE_COLUMNS + [
-                c for c in VARIANT_COLUMNS if c in present]))
-        except Exception:  # the point's own report names unreadable parts; skip them here
-            continue
-    if not parts:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
-    frame = pa.concat_tables(parts, promote_options="permissive").to_pandas()
-    frame = frame.drop_duplicates("key", keep="first").reset_index(drop=True)
+    """One point's scoring frame (its selected keys, failed items flagged; read by the store),
+    its model column set to the point's leaderboard label. Unreadable parts are skipped here:
+    the point's own report names them."""
+    frame = store.scoring_frame(out_dir)
     frame["model"] = series
     return frame
 
@@ -99,7 +83,7 @@ def _write_board(folder: Path, sweep_dir: Path, spec: SweepSpec, data: str,
               for n, e in done.items()]
     frames = [f for f in frames if len(f)]
     preds = (pd.concat(frames, ignore_index=True) if frames
-             else pd.DataFrame(columns=SCORE_COLUMNS))
+             else pd.DataFrame(columns=list(SCORE_COLUMNS)))
     failed = {n: e.get("error") for n, e in points.items() if e.get("status") != "done"}
     summary = {"sweep": spec.name, "data": data,
                "points": {"done": len(done), "not done": len(failed)},

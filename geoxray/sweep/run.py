@@ -61,7 +61,7 @@ def gpu_need(cfg: Config) -> float:
 def point_fingerprint(cfg: Config) -> str:
     """What decides a point's answers; a change means the point is not done any more."""
     from geoxray.bench.index import short_hash
-    from geoxray.run.evaluate import decode_fingerprint, model_fingerprint
+    from geoxray.run.selection import decode_fingerprint, model_fingerprint
 
     return short_hash(model_fingerprint(cfg.model), decode_fingerprint(cfg.decode),
                       asdict(cfg.data), cfg.run.tasks, cfg.run.max_items_per_task,
@@ -151,7 +151,8 @@ def run_group(group: ModelGroup, state: SweepState, evaluate: Evaluate,
 
 
 def _has_predictions(out_dir: Path) -> bool:
-    return any((out_dir / "predictions").glob("part-*.parquet"))
+    from geoxray.run import store
+    return bool(store.parts(out_dir))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             rest.append(o)
     try:
         spec = load_sweep(name, rest)
+        print(f"geoxray sweep {spec.name} -> {spec.out_dir()}/"
+              + (" [dry run: nothing written]" if args.dry_run else ""), flush=True)
         if args.dry_run:
             groups = plan_points(spec, spec.out_dir())
             state = SweepState(spec.out_dir(), spec.name)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from geoxray.config import ConfigError, conf_dir
 
 AXES = ("model", "decode", "data")  # the config groups a sweep always spans
+ADHOC = "adhoc"  # the name of a sweep without a sweep file
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,14 @@ class SweepSpec:
         return points
 
     def out_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / "sweeps" / self.name
+        if self.output_dir:
+            return Path(self.output_dir)
+        if self.name == ADHOC:  # each ad-hoc sweep its own folder, named by what it runs
+            from geoxray.bench.index import short_hash
+            what = short_hash([[asdict(v) for v in axis] for axis in (self.models,
+                               self.decode, self.data)], self.overrides, self.extra_axes, n=8)
+            return Path("runs") / "sweeps" / f"{ADHOC}-{what}"
+        return Path("runs") / "sweeps" / self.name
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         if unknown:
             raise ConfigError(f"config key 'sweep.{sorted(unknown)[0]}': not a sweep field "
                               f"(fields: {sorted(_FIELDS)})")
-    name = str(raw.get("name") or (Path(name_or_path).stem if name_or_path else "adhoc"))
+    name = str(raw.get("name") or (Path(name_or_path).stem if name_or_path else ADHOC))
     axes = {"model": raw.get("models") or [], "decode": raw.get("decode") or [],
             "data": raw.get("data") or []}
     common = [str(o) for o in raw.get("overrides") or []]
@@ -197,6 +205,8 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
             else:
                 raise ConfigError(f"config key '{key}': not a sweep setting "
                                   f"(name, output_dir, max_cpu_models, keep_apps)")
+        elif key == "output_dir" and text is not None:  # the sweep's folder, as for eval
+            settings["output_dir"] = values[0]
         elif key in AXES:
             axes[key] = values
         elif values is not None and len(values) > 1 or text is None:
