@@ -41,10 +41,25 @@ def _cmd_eval(argv: list[str]) -> int:
         return 0
     manifest = json.loads((out_dir / "manifest.json").read_text())
     print("\n" + "\n".join(summary_lines(manifest)))
-    print((out_dir / "tables" / "accuracy.md").read_text()
-          if (out_dir / "tables" / "accuracy.md").exists() else "")
+    print(_run_table(out_dir))
     print(f"results in {out_dir}/ (report.md, report.html, tables/, plots/)")
     return 0
+
+
+def _run_table(out_dir) -> str:
+    """The compact table a run ends with (one row per task), from the tables it wrote."""
+    import pandas as pd
+
+    from geoxray.score.report import console_table
+    from geoxray.score.tables import Tables
+
+    folder = out_dir / "tables"
+    if not (folder / "accuracy.csv").exists():
+        return ""
+    empty = pd.DataFrame()
+    bias = pd.read_csv(folder / "bias.csv") if (folder / "bias.csv").exists() else empty
+    return "\n" + console_table(Tables(pd.read_csv(folder / "accuracy.csv"), bias, empty,
+                                        empty)) + "\n"
 
 
 def _cmd_build(argv: list[str]) -> int:
@@ -91,11 +106,15 @@ def _cmd_serve(argv: list[str]) -> int:
                      "it up; later evals of the model reuse it.")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=qwen2_vl_7b")
     args = parser.parse_args(argv)
-    from geoxray.config import load_config
+    from geoxray.config import ConfigError, load_config
+    from geoxray.infer.registry import engine_kind
     from geoxray.infer.serve import start_model_app
     from geoxray.ops.raycluster import init_ray
 
     cfg = load_config(args.overrides)
+    if not engine_kind(cfg.model.engine).serve_app:
+        raise ConfigError(f"config key 'model.engine': {cfg.model.engine!r} runs no Serve app "
+                          f"(serve takes a model on the vllm engine)")
     if cfg.ray.address is None:
         cfg.ray.address = "auto"  # a Serve app outlives this command only on a running cluster
     init_ray(cfg.ray)

@@ -48,6 +48,8 @@ class RunConfig:
     bootstrap: int = 1000
     retry_failed: bool = True  # a rerun retries items whose engine call failed
     stop_after_failed_batches: int = 3  # stop when the engine failed every item of N in a row
+    consistency: bool = False  # also ask each item's geometric variants (bench/variants.py)
+    state_rotation: bool = False  # consistency: pose prompts say how the tile is turned
     on_mismatch: str = "refuse"  # output_dir stamped with other settings: refuse | new_folder
 
 

@@ -255,3 +255,13 @@ def test_a_pinned_log_folder_holds_for_the_whole_session(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "pinned-xyzzy" in (tmp_path / "sweep" / "logs" / "ray-vllm.log").read_text()
     assert not (tmp_path / "point").exists() and "xyzzy" not in done.stderr
+
+
+def test_serve_refuses_an_engine_without_a_serve_app(capsys):
+    """`geoxray serve model=random` used to start a vLLM app for a baseline; now it names
+    the key and stops before Ray starts."""
+    from geoxray.cli import main
+
+    assert main(["serve", "model=random"]) == 2
+    err = capsys.readouterr().err
+    assert "model.engine" in err and "Serve app" in err

@@ -312,3 +312,43 @@ def test_originals_without_a_variant_count_as_identity():
             r["variant"], r["base_item_id"] = None, None
     t = consistency_table(pd.DataFrame(rows)).iloc[0]
     assert t["n_base"] == 5 and t["circular_accuracy"] == 1.0
+
+
+# --- through the real pipeline: Ray Data -> stage (variants built from decoded images) ------
+def test_consistency_run_asks_every_variant_and_a_constant_answer_flips(
+        ray_cluster, tiny_bench, tmp_path):
+    """`run.consistency=true`: each selected item is asked once per variant of its task (the
+    identity keeps the item's own key); the constant baseline (always the first option) is
+    never right on every variant of a pose or cross-map item and always flips there."""
+    from conftest import eval_config
+    from geoxray.run import store
+    from geoxray.run.evaluate import evaluate
+
+    tasks = ["pose_fixed", "crossmap_std"]
+    cfg = eval_config(tmp_path, tiny_bench, "model=constant", "decode=choice",
+                      "run.consistency=true", "run.max_items_per_task=12",
+                      f"run.tasks=[{','.join(tasks)}]")
+    evaluate(cfg)
+    preds = store.read_predictions(tmp_path).to_pandas()
+    assert preds["invalid_reason"].isna().all()
+    for task in tasks:
+        got = preds[preds.task == task]
+        assert sorted(got["variant"].unique()) == sorted(variants(task))
+        assert got.groupby("base_item_id").size().eq(len(variants(task))).all()
+        assert got["base_item_id"].nunique() == 12
+        # gold moves with the geometry: a variant's gold is the identity's gold mapped
+        ident = got[got.variant == IDENTITY].set_index("base_item_id")["answer"]
+        for r in got[got.variant != IDENTITY].itertuples():
+            assert r.answer == label_map(task, r.variant)[ident[r.base_item_id]]
+    # the identity rows carry the keys a plain run gives those items; variants have their own
+    from geoxray.run.selection import KeyMaker
+    keys = KeyMaker.for_config(cfg)
+    ident = preds[preds.variant == IDENTITY]
+    assert all(k == keys.key(i, t) for k, i, t in zip(ident.key, ident.item_id, ident.task))
+    assert preds["key"].is_unique
+    table = consistency_table(preds).set_index("task")
+    for task in tasks:
+        assert table.loc[task, "circular_accuracy"] == 0.0
+        assert table.loc[task, "flip_rate"] == 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "Geometric consistency" in report

@@ -39,9 +39,11 @@ PREDICTION_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("generated_tokens", pa.int64()),
     ("latency_s", pa.float64()),
+    ("variant", pa.string()),        # consistency runs: "identity", "rot90", ... (else null)
+    ("base_item_id", pa.string()),   # consistency runs: the item the variant transforms
 ])
 
 # What scoring reads of a prediction (geoxray/run/store.py reads them; the reply text, the
 # bulk of a part, stays on disk).
 SCORE_COLUMNS = ("key", "item_id", "model", "decode", "task", "instance", "location", "crop",
-                 "answer", "pred", "invalid_reason", "option_probs")
+                 "answer", "pred", "invalid_reason", "option_probs", "variant", "base_item_id")

@@ -13,6 +13,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from geoxray.bench import variants
 from geoxray.bench.parse import parse_reply
 from geoxray.bench.prompts import get_prompt
 from geoxray.bench.schema import PREDICTION_SCHEMA
@@ -90,8 +91,15 @@ class PredictStage:
             image, image_uuid = self.crops(array, digest, crop, rel_path)
             images.append(image)
             uuids.append(image_uuid)
+        user = prompt.user
+        variant = row.get("variant")
+        if variant and variant != variants.IDENTITY:  # a consistency run's transformed item
+            images, sources, suffixes = variants.variant_images(task.name, images, variant)
+            uuids = [uuids[s] + x for s, x in zip(sources, suffixes)]
+            if row.get("variant_prompt") == "stated":
+                user += "\n" + variants.rotation_note(variant)
         return Request(key=row["key"], item_id=row["item_id"], task=task.name,
-                       system=prompt.system, user=prompt.user, images=images,
+                       system=prompt.system, user=user, images=images,
                        image_uuids=uuids, options=task.options, answer_field=task.answer_field)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -139,7 +147,8 @@ class PredictStage:
                     location=row.get("location"), crop=row.get("crop"), answer=row.get("answer"),
                     reply=text, pred=pred, invalid_reason=reason, error=error,
                     option_probs=reply.option_probs, prompt_tokens=reply.prompt_tokens,
-                    generated_tokens=reply.generated_tokens, latency_s=reply.latency_s)
+                    generated_tokens=reply.generated_tokens, latency_s=reply.latency_s,
+                    variant=row.get("variant"), base_item_id=row.get("base_item_id"))
 
 
 def _clean_text(text: str | None) -> str | None:

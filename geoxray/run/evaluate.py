@@ -88,19 +88,33 @@ def select_pending(cfg: Config, bench: Benchmark, out_dir: Path) -> Selection:
             selection.pending += len(chunk)
             chunk.clear()
 
-    for row in selection_rule.iter_selected(bench.items_path, chosen):
-        row["key"] = keys.key(row["item_id"], row["task"])
-        selection.keys.add(row["key"])
-        if row["key"] not in skip:
-            selection.retried += row["key"] in on_disk.failed
-            chunk.append(row)
-            if len(chunk) >= rows_per_file:
-                flush()
+    for item in selection_rule.iter_selected(bench.items_path, chosen):
+        for row in _with_variants(item, cfg):
+            row["key"] = keys.key(row["item_id"], row["task"],
+                                  row.get("variant_prompt") if row.get("variant_prompt")
+                                  == "stated" else None)
+            selection.keys.add(row["key"])
+            if row["key"] not in skip:
+                selection.retried += row["key"] in on_disk.failed
+                chunk.append(row)
+                if len(chunk) >= rows_per_file:
+                    flush()
     flush()
     if not selection.pending:
         shutil.rmtree(pending_dir)
         selection.pending_path = None
     return selection
+
+
+def _with_variants(row: dict, cfg: Config) -> list[dict]:
+    """The item, and with `run.consistency` its geometric variants (bench/variants.py), each
+    its own item with the gold moved by the geometry. The identity keeps the item's key."""
+    if not cfg.run.consistency:
+        return [row]
+    from geoxray.bench import variants
+
+    return [variants.variant_row(row, v, state_rotation=cfg.run.state_rotation)
+            for v in variants.variants(row["task"])]
 
 
 def run_predictions(cfg: Config, bench: Benchmark, selection: Selection, out_dir: Path,

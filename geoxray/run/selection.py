@@ -77,11 +77,13 @@ class KeyMaker:
         return cls(model_fingerprint(cfg.model), decode_fingerprint(cfg.decode),
                    protocol_identity(cfg))
 
-    def key(self, item_id: str, task: str) -> str:
+    def key(self, item_id: str, task: str, prompt_note: str | None = None) -> str:
         parts: list[Any] = [item_id, get_prompt(task).fingerprint, self.model_fp,
                             self.decode_fp]
         if self.protocol is not None:
             parts.append(self.protocol)
+        if prompt_note is not None:  # a consistency variant whose prompt says the rotation
+            parts.append(prompt_note)
         return short_hash(*parts)
 
 
