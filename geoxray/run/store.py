@@ -119,10 +119,6 @@ def scan(out_dir: Path, move_unreadable: bool = True) -> Scan:
     return found
 
 
-def done_keys(out_dir: Path) -> set[str]:
-    return scan(out_dir, move_unreadable=False).answered
-
-
 # --- reading (everyone's view) ----------------------------------------------------------------
 def _read_parts(found: list[Path], columns, problems: list[str] | None) -> list[pa.Table]:
     tables = []
