@@ -10,6 +10,7 @@
     geoxray status|logs|stop JOB    follow a submitted job
     geoxray profile model=...       throughput, tokens, stage times -> profile JSON
     geoxray plan sweep=paper --gpus N   GPU-hours and wall time for a sweep
+    geoxray tune [tune=tiny|paper] [tune.key=value] [overrides]   LoRA on the train split -> runs/tune/NAME
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ DELEGATED = {
     "stop": ("geoxray.ops.submit", "stop_main"),
     "profile": ("geoxray.capacity.profile", "main"),
     "plan": ("geoxray.capacity.plan", "main"),
+    "tune": ("geoxray.tune.run", "main"),
 }
 
 

@@ -123,6 +123,12 @@ def validate(raw: DictConfig | dict) -> Config:
                               f"got {cfg.model.engine} {cfg.model.path!r}")
         if not cfg.model.name.endswith(NAME_SUFFIX):
             cfg.model.name += NAME_SUFFIX
+    if cfg.model.adapter:  # checked against the base now, not when the engine loads it
+        from geoxray.tune.adapter import AdapterError, prepare_adapter
+        try:
+            prepare_adapter(cfg.model)
+        except AdapterError as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 

@@ -32,6 +32,9 @@ def model_fingerprint(model: ModelConfig) -> str:
     identity = {k: getattr(model, k, None) for k in _MODEL_IDENTITY}
     if model.random_weights:  # only when set: earlier runs keep their keys
         identity["random_weights"] = True
+    if model.adapter:  # the adapter's content, not only its path
+        from geoxray.tune.adapter import adapter_hash
+        identity["adapter_hash"] = adapter_hash(model.adapter)
     return short_hash(identity, n=16)
 
 

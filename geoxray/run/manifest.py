@@ -62,5 +62,8 @@ def write_manifest(out_dir: Path, cfg: Config, bench, selection, written: int,
         "argv": [a for a in sys.argv[1:] if "key" not in a.lower()],
         "config": asdict(cfg),
     }
+    if cfg.model.adapter:  # which adapter weights answered (the path alone can be reused)
+        from geoxray.tune.adapter import adapter_hash
+        manifest["adapter"] = {"path": cfg.model.adapter, "hash": adapter_hash(cfg.model.adapter)}
     (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
