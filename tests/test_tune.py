@@ -17,6 +17,8 @@ from geoxray.config import ConfigError, load_config
 from geoxray.tune.adapter import AdapterError, adapter_hash, check_adapter
 from geoxray.tune.select import TuneDataError, select_training_items
 
+pytest_plugins = ("conftest_vllm",)
+
 
 # --- data selection ------------------------------------------------------------------------
 def _items(path: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -158,7 +160,7 @@ def test_examples_use_the_eval_request_and_learn_only_the_answer(tiny_bench, tin
         # the labelled tokens are the last ones, right after the assistant turn opens
         k = len(target)
         assert (e["labels"][:-k] == IGNORE).all() and (e["input_ids"][-k:] == target).all()
-        assert tok.decode(e["input_ids"][-k - 3:-k]).endswith("<|im_start|>assistant\n")
+        assert tok.decode(e["input_ids"][:-k]).endswith("<|im_start|>assistant\n")
         # the images are the evaluation stage's (same crop), not a second image path
         stage = PredictStage.__new__(PredictStage)
         stage.images = ex.builder.images
@@ -168,4 +170,122 @@ def test_examples_use_the_eval_request_and_learn_only_the_answer(tiny_bench, tin
         assert len(req.images) == len(e["image_grid_thw"])
     batch = collate([ex.example(r) for r in rows], tok.pad_token_id)
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == \
-        sum(int(np.prod(g)) for g in batch["image_grid_thw"])
+        int(batch["image_grid_thw"].prod(dim=1).sum())
+
+
+# --- the real thing: Ray Train -> adapter -> Ray Data -> Serve -> vLLM (shared lock) ---------
+@pytest.fixture(scope="module")
+def tune_world(tmp_path_factory):
+    """The tiny world with 16 train locations (its test split is synth_tiny's, item for item)."""
+    from geoxray.bench.index import BuildProblems, build_items, write_items
+    from geoxray.data.synth import generate
+
+    root = tmp_path_factory.mktemp("tune-world")
+    generate(root, preset="tiny_tune", train_locations=16, progress=False, overwrite=True)
+    write_items(build_items(root / "index", root / "images", BuildProblems()), root / "items.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tuned(ray_cluster, tune_world, tmp_path_factory):
+    from geoxray.tune.run import load, tune
+
+    out_root = tmp_path_factory.mktemp("tune-runs")
+    cfg, tc, preset = load(["data=items", f"data.items={tune_world / 'items.parquet'}",
+                            f"data.image_root={tune_world / 'images'}", "data.name=tt",
+                            "run.progress=false", "tune=tiny", "tune.name=t",
+                            f"tune.output_root={out_root}", "tune.max_items_per_task=96",
+                            "tune.crash_after_steps=3", "tune.save_every_steps=2"])
+    return tune(cfg, tc, preset)
+
+
+@pytest.mark.vllm
+def test_tuning_resumes_after_a_worker_death_and_writes_an_adapter(tuned, tune_world, tiny_bench):
+    m = json.loads((tuned / "tune_manifest.json").read_text())
+    assert (tuned / "crashed_once").exists()  # the worker really died after step 3
+    starts = m["training"]["attempt_starts"]
+    assert len(starts) == 2 and starts[1] in (2,), starts  # resumed from the step-2 checkpoint
+    steps = [h["step"] for h in m["history"]]
+    assert steps == list(range(1, m["training"]["steps"] + 1))  # no step lost or repeated
+    assert m["history"][-1]["loss"] < m["history"][0]["loss"] / 2
+    assert (tuned / "loss_curve.png").stat().st_size > 1000
+    assert m["adapter"]["hash"] == adapter_hash(tuned)
+    # trained on unseen places: no train location is a test location of the scored benchmark
+    test_locs = set(pq.read_table(tiny_bench.items_path, columns=["location"])["location"].to_pylist())
+    items = pq.read_table(tune_world / "items.parquet").to_pandas()
+    assert not test_locs & set(items[items.split == "train"]["location"])
+    assert m["data"]["overlap_with_test"] == 0 and m["data"]["val_locations"] >= 1
+
+
+@pytest.mark.vllm
+def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tiny_bench,
+                                                                      tmp_path_factory):
+    import torch
+    from peft import PeftModel
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from conftest import eval_config
+    from geoxray.infer.chat import option_text
+    from geoxray.infer.config import DecodeConfig
+    from geoxray.infer.option_scores import normalise
+    from geoxray.infer.serve import ServeEngine, start_model_app
+    from geoxray.infer.stage import PredictStage
+    from geoxray.infer.images import ImageCache
+    from geoxray.run import store
+    from geoxray.run.evaluate import evaluate
+
+    common = ["run.tasks=[pose_fixed]", "decode.max_tokens=24"]
+    base_dir = tmp_path_factory.mktemp("base-run")
+    tuned_dir = tmp_path_factory.mktemp("tuned-run")
+    evaluate(eval_config(base_dir, tiny_bench, *common))
+    cfg = eval_config(tuned_dir, tiny_bench, f"model.adapter={tuned}", *common)
+    evaluate(cfg)
+    base = store.read_predictions(base_dir).to_pandas()
+    mine = store.read_predictions(tuned_dir).to_pandas()
+    assert len(base) == len(mine) == 32
+    assert set(mine["model"]) == {"tiny_qwen2vl+t"}
+    assert base["invalid_reason"].notna().mean() >= 0.9       # the random base: ~no valid reply
+    assert mine["invalid_reason"].isna().mean() >= 0.95       # tuned: the protocol's JSON
+    manifest = json.loads((tuned_dir / "manifest.json").read_text())
+    assert manifest["adapter"]["hash"] == adapter_hash(tuned)
+    assert not set(base["key"]) & set(mine["key"])
+
+    # option probabilities: vLLM + LoRA (the same Serve app) vs transformers + peft
+    choice = DecodeConfig(mode="choice", max_tokens=16)
+    engine = ServeEngine(start_model_app(cfg.model, choice), choice)
+    stage = PredictStage.__new__(PredictStage)
+    stage.images = ImageCache(tiny_bench.image_root)
+    rows = pq.read_table(tiny_bench.items_path).to_pylist()
+    rows = [r for r in rows if r["task"] in ("pose_random", "intra_map")][:: 97][:3]
+    requests = [stage.build_request({**r, "key": r["item_id"]}) for r in rows]
+    replies = engine.generate(requests)
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
+    from test_vllm_engine import _hf_prompt
+    base_model = Qwen2VLForConditionalGeneration.from_pretrained(ensure_tiny_qwen2vl(),
+                                                                 dtype=torch.float32).eval()
+    unmerged = PeftModel.from_pretrained(base_model, str(tuned)).eval()
+    models = {"unmerged": unmerged}
+    merged = PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(
+        ensure_tiny_qwen2vl(), dtype=torch.float32), str(tuned)).merge_and_unload().eval()
+    models["merged"] = merged
+    for req, rep in zip(requests, replies):
+        assert rep.error is None, rep.error
+        proc, inputs = _hf_prompt(ensure_tiny_qwen2vl(), req)
+        eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        for label, model in models.items():
+            logp = {}
+            for option in req.options:
+                ids = proc.tokenizer.encode(option_text(option), add_special_tokens=False) + [eos]
+                full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
+                types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(
+                    1, len(ids), dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
+                with torch.no_grad():
+                    logits = model(input_ids=full, attention_mask=torch.ones_like(full),
+                                   mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
+                                   image_grid_thw=inputs["image_grid_thw"]).logits[0]
+                lsm = torch.log_softmax(logits.float(), dim=-1)
+                start = inputs["input_ids"].shape[1]
+                logp[option] = sum(float(lsm[start - 1 + i, t]) for i, t in enumerate(ids))
+            expect, _ = normalise(logp)
+            for option in req.options:
+                assert abs(rep.option_probs[option] - expect[option]) < 1e-3, (label, req.task, option)

@@ -138,8 +138,11 @@ def train_loop(config: dict) -> None:
                                      "loss": acc_loss / acc_n, "lr": opt.param_groups[0]["lr"],
                                      "samples_per_s": samples / secs, "tokens_per_s": tokens / secs})
             acc_loss, acc_n = 0.0, 0
+            marker = Path(config["run_dir"]) / "crashed_once"
             if tc["crash_after_steps"] and state["step"] == tc["crash_after_steps"] \
-                    and state["restored_from_step"] is None:
+                    and not marker.exists():
+                marker.write_text(f"worker killed after step {state['step']}\n")
+                time.sleep(5)  # the controller registers the last checkpoint meanwhile
                 os._exit(17)  # a worker death (tests): Ray Train restarts from the checkpoint
             if tc["save_every_steps"] and state["step"] % tc["save_every_steps"] == 0 \
                     and state["step_in_epoch"] < steps_per_epoch:

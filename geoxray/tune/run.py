@@ -142,7 +142,7 @@ def _fit(cfg: Config, tc: TuneConfig, model_dir: Path, train_ds, val_ds, steps_p
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"tune": as_dict(tc), "model_dir": str(model_dir), "pad_id": pad_id,
-                           "steps_per_epoch": steps_per_epoch,
+                           "steps_per_epoch": steps_per_epoch, "run_dir": str(out.resolve()),
                            "shuffle_buffer": max(64, tc.batch_size * tc.grad_accum * 4)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
