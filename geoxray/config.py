@@ -123,6 +123,8 @@ def validate(raw: DictConfig | dict) -> Config:
                               f"got {cfg.model.engine} {cfg.model.path!r}")
         if not cfg.model.name.endswith(NAME_SUFFIX):
             cfg.model.name += NAME_SUFFIX
+    if cfg.model.adapter in ("none", ""):  # sweeps list the base as model.adapter=none
+        cfg.model.adapter = None
     if cfg.model.adapter:  # checked against the base now, not when the engine loads it
         from geoxray.tune.adapter import AdapterError, prepare_adapter
         try:

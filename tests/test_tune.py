@@ -139,6 +139,7 @@ def test_model_adapter_in_the_config_names_results_and_fails_early(tmp_path, tin
     assert model_fingerprint(cfg.model) != fp and app_name_for(cfg.model) != app
     with pytest.raises(ConfigError, match="model.adapter.*no adapter folder"):
         load_config([f"model.adapter={tmp_path / 'missing'}"])
+    assert load_config(["model.adapter=none"]).model.name == "tiny_qwen2vl"  # a sweep's base
     with pytest.raises(ConfigError, match="adapters are served by vLLM"):
         load_config(["model=random", f"model.adapter={good}"])
 
@@ -225,9 +226,7 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
     from transformers import Qwen2VLForConditionalGeneration
 
     from conftest import eval_config
-    from geoxray.infer.chat import option_text
     from geoxray.infer.config import DecodeConfig
-    from geoxray.infer.option_scores import normalise
     from geoxray.infer.serve import ServeEngine, start_model_app
     from geoxray.infer.stage import PredictStage
     from geoxray.infer.images import ImageCache
@@ -260,7 +259,7 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
     requests = [stage.build_request({**r, "key": r["item_id"]}) for r in rows]
     replies = engine.generate(requests)
     from geoxray.models.tiny import ensure_tiny_qwen2vl
-    from test_vllm_engine import _hf_prompt
+    from test_vllm_engine import hf_option_probs
     base_model = Qwen2VLForConditionalGeneration.from_pretrained(ensure_tiny_qwen2vl(),
                                                                  dtype=torch.float32).eval()
     unmerged = PeftModel.from_pretrained(base_model, str(tuned)).eval()
@@ -270,22 +269,7 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
     models["merged"] = merged
     for req, rep in zip(requests, replies):
         assert rep.error is None, rep.error
-        proc, inputs = _hf_prompt(ensure_tiny_qwen2vl(), req)
-        eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
         for label, model in models.items():
-            logp = {}
-            for option in req.options:
-                ids = proc.tokenizer.encode(option_text(option), add_special_tokens=False) + [eos]
-                full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
-                types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(
-                    1, len(ids), dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
-                with torch.no_grad():
-                    logits = model(input_ids=full, attention_mask=torch.ones_like(full),
-                                   mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
-                                   image_grid_thw=inputs["image_grid_thw"]).logits[0]
-                lsm = torch.log_softmax(logits.float(), dim=-1)
-                start = inputs["input_ids"].shape[1]
-                logp[option] = sum(float(lsm[start - 1 + i, t]) for i, t in enumerate(ids))
-            expect, _ = normalise(logp)
+            expect, _ = hf_option_probs(model, ensure_tiny_qwen2vl(), req)
             for option in req.options:
                 assert abs(rep.option_probs[option] - expect[option]) < 1e-3, (label, req.task, option)
