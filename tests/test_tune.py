@@ -195,7 +195,7 @@ def tuned(ray_cluster, tune_world, tmp_path_factory):
     cfg, tc, preset = load(["data=items", f"data.items={tune_world / 'items.parquet'}",
                             f"data.image_root={tune_world / 'images'}", "data.name=tt",
                             "run.progress=false", "tune=tiny", "tune.name=t",
-                            f"tune.output_root={out_root}",
+                            f"tune.output_root={out_root}", "tune.epochs=3",
                             "tune.crash_after_steps=3", "tune.save_every_steps=2"])
     return tune(cfg, tc, preset)
 
