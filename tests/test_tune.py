@@ -248,6 +248,28 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
     manifest = json.loads((tuned_dir / "manifest.json").read_text())
     assert manifest["adapter"]["hash"] == adapter_hash(tuned)
     assert not set(base["key"]) & set(mine["key"])
+    # before/after, paired by item (geoxray compare is another branch's: computed here with
+    # scipy): accuracy difference, a paired bootstrap CI by location, McNemar's exact test
+    from scipy.stats import binomtest
+    pair = base.merge(mine, on="item_id", suffixes=("_b", "_t"))
+    hit_b = (pair["pred_b"] == pair["answer_b"]).to_numpy()
+    hit_t = (pair["pred_t"] == pair["answer_t"]).to_numpy()
+    n10, n01 = int((hit_t & ~hit_b).sum()), int((hit_b & ~hit_t).sum())
+    p_mcnemar = binomtest(n10, n10 + n01, 0.5).pvalue if n10 + n01 else 1.0
+    locs = pair["location_b"].to_numpy()
+    uniq = np.unique(locs)
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(1000):
+        pick = np.concatenate([np.flatnonzero(locs == loc) for loc in rng.choice(uniq, len(uniq))])
+        diffs.append(hit_t[pick].mean() - hit_b[pick].mean())
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    diff = hit_t.mean() - hit_b.mean()
+    assert low <= diff <= high and 0.0 <= p_mcnemar <= 1.0
+    print(f"\npose_fixed: base {hit_b.mean():.3f} tuned {hit_t.mean():.3f} diff {diff:+.3f} "
+          f"[{low:+.3f}, {high:+.3f}] McNemar p={p_mcnemar:.3g} (n10={n10}, n01={n01}); "
+          f"valid base {base['invalid_reason'].isna().mean():.3f} "
+          f"tuned {mine['invalid_reason'].isna().mean():.3f}")
 
     # option probabilities: vLLM + LoRA (the same Serve app) vs transformers + peft
     choice = DecodeConfig(mode="choice", max_tokens=16)
