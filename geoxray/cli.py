@@ -190,6 +190,8 @@ COMMANDS: dict[str, Command] = {
                     _delegate("geoxray.capacity.plan")),
     "compare": Command("paired tests between runs or sweeps on the same items",
                        _delegate("geoxray.sweep.compare")),
+    "tune": Command("LoRA instruction tuning on the train split -> runs/tune/NAME",
+                    _delegate("geoxray.tune.run")),
 }
 
 

@@ -139,6 +139,19 @@ def validate(raw: DictConfig | dict) -> Config:
                               f"got {cfg.model.engine} {cfg.model.path!r}")
         if not cfg.model.name.endswith(NAME_SUFFIX):
             cfg.model.name += NAME_SUFFIX
+    if cfg.model.adapter in ("none", ""):  # sweeps list the base as model.adapter=none
+        cfg.model.adapter = None
+    if cfg.model.adapter:  # checked against the base now, not when the engine loads it
+        from geoxray.infer.adapter import AdapterError, prepare_adapter
+        from geoxray.infer.vllm_engine import model_folder
+        if not engine_kind(cfg.model.engine).adapters:
+            raise ConfigError(f"config key 'model.adapter': engine {cfg.model.engine!r} does "
+                              f"not load adapters (engines that do: "
+                              f"{[k for k, v in ENGINE_KINDS.items() if v.adapters]})")
+        try:
+            prepare_adapter(cfg.model, model_folder(cfg.model))
+        except AdapterError as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 

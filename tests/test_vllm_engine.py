@@ -177,6 +177,28 @@ def test_greedy_decoding_is_deterministic(vllm_engine, paper_decode, choice_deco
                     assert abs(a.option_probs[o] - b.option_probs[o]) < 1e-4
 
 
+def hf_option_probs(model, model_dir: Path, req) -> tuple[dict[str, float], float]:
+    """P(option) and the options' mass from a transformers forward pass of `model` (any
+    Qwen2-VL module: plain, peft-wrapped or merged) on the request's exact prompt."""
+    import torch
+    proc, inputs = _hf_prompt(model_dir, req)
+    eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    logp = {}
+    for option in req.options:
+        ids = proc.tokenizer.encode(option_text(option), add_special_tokens=False) + [eos]
+        full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
+        types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(ids),
+                           dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=full, attention_mask=torch.ones_like(full),
+                           mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"]).logits[0]
+        lsm = torch.log_softmax(logits.float(), dim=-1)
+        start = inputs["input_ids"].shape[1]
+        logp[option] = sum(float(lsm[start - 1 + i, t]) for i, t in enumerate(ids))
+    return normalise(logp)
+
+
 @pytest.mark.vllm
 def test_option_probabilities_match_a_transformers_forward_pass(vllm_engine, choice_decode):
     import torch
@@ -190,22 +212,7 @@ def test_option_probabilities_match_a_transformers_forward_pass(vllm_engine, cho
     requests = make_requests(4, seed=4, tasks=tasks)
     replies = vllm_engine.generate(requests, choice_decode)
     for req, rep in zip(requests, replies):
-        proc, inputs = _hf_prompt(model_dir, req)
-        eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        logp = {}
-        for option in req.options:
-            ids = proc.tokenizer.encode(option_text(option), add_special_tokens=False) + [eos]
-            full = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
-            types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(ids),
-                               dtype=inputs["mm_token_type_ids"].dtype)], dim=1)
-            with torch.no_grad():
-                logits = model(input_ids=full, attention_mask=torch.ones_like(full),
-                               mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
-                               image_grid_thw=inputs["image_grid_thw"]).logits[0]
-            lsm = torch.log_softmax(logits.float(), dim=-1)
-            start = inputs["input_ids"].shape[1]
-            logp[option] = sum(float(lsm[start - 1 + i, t]) for i, t in enumerate(ids))
-        expect, mass = normalise(logp)
+        expect, mass = hf_option_probs(model, model_dir, req)
         for option in req.options:
             assert abs(rep.option_probs[option] - expect[option]) < 1e-3, (req.task, option)
         assert math.isclose(rep.extra["option_mass"], mass, rel_tol=1e-2), req.task

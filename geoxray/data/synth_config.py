@@ -78,6 +78,9 @@ _ALL = tuple(spec.name for spec in INSTANCES)
 PRESETS: dict[str, dict] = {
     "tiny": dict(instances=("CVUSA_zoom18", "VIGOR_Chicago"), locations=4, train_locations=0,
                  view_size=256, panorama_width=512, view_supersample=2),
+    # tiny's test split (identical items) plus train locations: `geoxray tune`'s default world
+    "tiny_tune": dict(instances=("CVUSA_zoom18", "VIGOR_Chicago"), locations=4,
+                      train_locations=64, view_size=256, panorama_width=512, view_supersample=2),
     "paper": dict(instances=_ALL, locations=25, train_locations=0, view_size=512,
                   panorama_width=1024, view_supersample=1),
     "full": dict(instances=_ALL, locations=25, train_locations=4571, view_size=512,

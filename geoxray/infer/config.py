@@ -34,6 +34,7 @@ class ModelConfig:
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vLLM as is
+    adapter: str | None = None
     # OpenAI-compatible API (engine: openai)
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None  # name of the env variable holding the key

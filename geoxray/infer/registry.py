@@ -105,7 +105,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
        for kind in baselines.KINDS},
     "vllm": EngineKind("vllm", start=_start_vllm, needs_path=True,
                        replica_gpus=_vllm_replica_gpus,
-                       serve_app=True, local_weights=True,
+                       serve_app=True, local_weights=True, adapters=True,
                        tokenizer_folder=_vllm_tokenizer_folder, worker_cpus=0.25,
                        check=_check_vllm, stop=_stop_vllm),
     "openai": EngineKind("openai", start=_start_openai, needs_path=True, worker_cpus=0.25,

@@ -57,6 +57,9 @@ def as_decode_config(cfg: Any) -> DecodeConfig:
 def app_name_for(model: ModelConfig) -> str:
     """`geoxray-<name>-<hash of every replica-side setting>`."""
     replica_side = {k: v for k, v in dataclasses.asdict(model).items() if k not in _CLIENT_ONLY}
+    if model.adapter:  # retrained in place = another replica
+        from geoxray.infer.adapter import adapter_hash
+        replica_side["adapter_hash"] = adapter_hash(model.adapter)
     digest = hashlib.sha256(json.dumps(replica_side, sort_keys=True, default=str).encode())
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-") or "model"
     return f"geoxray-{slug}-{digest.hexdigest()[:10]}"

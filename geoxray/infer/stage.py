@@ -38,30 +38,17 @@ class ItemError(Exception):
         self.detail = detail
 
 
-class PredictStage:
-    """Callable class for `Dataset.map_batches` (one instance per actor)."""
+class RequestBuilder:
+    """Item row -> engine `Request`: decoded images (each once per worker), the protocol's
+    crops, the task's prompt, uuids for vLLM's caches. Evaluation and tuning share it."""
 
-    def __init__(self, engine_builder: Callable[[], Engine], image_root: str, model_name: str,
-                 decode_mode: str, image_cache_size: int = 64,
+    def __init__(self, image_root: str, image_cache_size: int = 64,
                  protocol: ProtocolConfig | None = None,
                  max_image_pixels: int = DEFAULT_MAX_PIXELS,
                  image_read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S):
-        self.engine = engine_builder()
         self.images = ImageCache(image_root, capacity=image_cache_size,
                                  max_pixels=max_image_pixels, read_timeout_s=image_read_timeout_s)
-        self.model_name = model_name
-        self.decode_mode = decode_mode
         self.crops = ProtocolCrops(protocol)  # the protocol's crop boxes and crop bytes
-
-    def close(self) -> None:
-        """Release the engine's own resources (client threads). Ray Data deletes the stage
-        when its actor exits, which calls this."""
-        engine, self.engine = getattr(self, "engine", None), None
-        if engine is not None:
-            close_engine(engine)
-
-    def __del__(self) -> None:
-        self.close()
 
     def build_request(self, row: dict) -> Request:
         """The engine request of one item row, or ItemError / ImageError naming what is wrong."""
@@ -101,6 +88,33 @@ class PredictStage:
         return Request(key=row["key"], item_id=row["item_id"], task=task.name,
                        system=prompt.system, user=user, images=images,
                        image_uuids=uuids, options=task.options, answer_field=task.answer_field)
+
+
+
+class PredictStage(RequestBuilder):
+    """Callable class for `Dataset.map_batches` (one instance per actor): requests, one
+    engine call per batch, parsed predictions."""
+
+    def __init__(self, engine_builder: Callable[[], Engine], image_root: str, model_name: str,
+                 decode_mode: str, image_cache_size: int = 64,
+                 protocol: ProtocolConfig | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 image_read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S):
+        super().__init__(image_root, image_cache_size, protocol, max_image_pixels,
+                         image_read_timeout_s)
+        self.engine = engine_builder()
+        self.model_name = model_name
+        self.decode_mode = decode_mode
+
+    def close(self) -> None:
+        """Release the engine's own resources (client threads). Ray Data deletes the stage
+        when its actor exits, which calls this."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            close_engine(engine)
+
+    def __del__(self) -> None:
+        self.close()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

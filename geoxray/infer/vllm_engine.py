@@ -80,8 +80,22 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
     # TP > 1: worker processes inside this replica, which holds all the GPUs it needs
     args.setdefault("distributed_executor_backend",
                     "uni" if model.tensor_parallel_size == 1 else "mp")
+    if model.adapter:  # LoRA on this base, chosen per request (geoxray/infer/adapter.py)
+        from geoxray.infer.adapter import adapter_rank, engine_max_rank
+        args.update(enable_lora=True, max_lora_rank=engine_max_rank(adapter_rank(model.adapter)))
     args.update(extra)
     return args
+
+
+def lora_request(model: ModelConfig):
+    """The adapter of `model` as vLLM's per-request LoRARequest (None without one)."""
+    if not model.adapter:
+        return None
+    from pathlib import Path
+
+    from vllm.lora.request import LoRARequest
+    path = Path(model.adapter).resolve()
+    return LoRARequest(lora_name=path.name, lora_int_id=1, lora_path=str(path))
 
 
 def server_command(model: ModelConfig, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
@@ -153,6 +167,7 @@ class AsyncVLLMEngine:
         self.tok_params = self.renderer.default_chat_tok_params.with_kwargs(
             add_special_tokens=False)
         self.stop_ids = self._stop_ids()
+        self.lora = lora_request(model)
         self._gate: asyncio.Semaphore | None = None
         self._tries: dict[tuple[str, ...], Any] = {}
         log.info("vLLM engine %s ready in %.1fs", model.name, self.start_s)
@@ -269,7 +284,8 @@ class AsyncVLLMEngine:
         p["prompt_token_ids"] = list(prompt["prompt_token_ids"]) + list(suffix)
         (engine_input,) = await self.renderer.render_cmpl_async([p], self.tok_params)
         final = None
-        async for out in self.llm.generate(engine_input, params, uuid.uuid4().hex):
+        async for out in self.llm.generate(engine_input, params, uuid.uuid4().hex,
+                                           lora_request=self.lora):
             final = out
         if final is None:
             raise RuntimeError("vLLM returned no output")

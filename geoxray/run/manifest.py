@@ -116,6 +116,9 @@ def write_manifest(out_dir: Path, cfg: Config, bench, selection, written: int,
         "argv": redact_argv(sys.argv[1:]),
         "config": asdict(cfg),
     }
+    if cfg.model.adapter:  # which adapter weights answered (the path alone can be reused)
+        from geoxray.infer.adapter import adapter_hash
+        manifest["adapter"] = {"path": cfg.model.adapter, "hash": adapter_hash(cfg.model.adapter)}
     (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 

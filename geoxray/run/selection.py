@@ -37,6 +37,9 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
     identity = {k: getattr(model, k, None) for k in MODEL_IDENTITY}
     if model.random_weights:  # only when set: earlier runs keep their keys
         identity["random_weights"] = True
+    if model.adapter:  # the adapter's content, not only its path (retraining into a folder)
+        from geoxray.infer.adapter import adapter_hash
+        identity["adapter_hash"] = adapter_hash(model.adapter)
     for extra, default in (("api_image", "png"), ("message_layout", "in_place")):
         if getattr(model, extra) != default:  # only when set: earlier runs keep their keys
             identity[extra] = getattr(model, extra)

@@ -1,0 +1,103 @@
+"""Which items a tuning run learns from: the paper's rule, checked.
+
+Train-split items only, from locations disjoint from EVERY test location of the benchmark
+(any task: a location seen in training must never be scored), optionally a task subset and
+a cap on locations; a seeded share of the train locations is held out as the validation set
+(checkpoint selection), whole locations at a time so validation measures unseen places.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from geoxray.bench.index import short_hash
+from geoxray.bench.tasks import TASK_BY_NAME
+
+
+class TuneDataError(ValueError):
+    """A training selection that must not run (empty, overlapping the test split)."""
+
+
+@dataclass
+class TrainSelection:
+    train: pa.Table                  # item rows to learn from
+    val: pa.Table                    # item rows of the held-out validation locations
+    tasks: list[str]
+    train_locations: list[str]
+    val_locations: list[str]
+    test_locations: int              # distinct test locations of the benchmark (checked apart)
+    per_task: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> task -> n
+
+    def summary(self) -> dict:
+        """What the manifest records about the data."""
+        return {"tasks": self.tasks, "train_items": self.train.num_rows,
+                "val_items": self.val.num_rows, "train_locations": len(self.train_locations),
+                "val_locations": len(self.val_locations),
+                "test_locations": self.test_locations, "overlap_with_test": 0,
+                "per_task": self.per_task,
+                "train_locations_hash": short_hash(sorted(self.train_locations), n=16),
+                "val_locations_hash": short_hash(sorted(self.val_locations), n=16)}
+
+
+def select_training_items(items_path: str | Path, tasks: list[str] | None = None,
+                          val_fraction: float = 0.1, seed: int = 0,
+                          max_locations: int | None = None,
+                          max_items_per_task: int | None = None) -> TrainSelection:
+    """The train/validation selection of a benchmark's items.parquet (see the module doc).
+    Raises TuneDataError on an empty selection or on train/test location overlap."""
+    tasks = list(tasks) if tasks else list(TASK_BY_NAME)
+    unknown = [t for t in tasks if t not in TASK_BY_NAME]
+    if unknown:
+        raise TuneDataError(f"config key 'tune.tasks': unknown task(s) {unknown}; "
+                            f"tasks are {list(TASK_BY_NAME)}")
+    items = pq.read_table(items_path)
+    test_locs = set(pc.unique(items.filter(pc.equal(items["split"], "test"))["location"])
+                    .to_pylist())
+    train = items.filter(pc.and_(pc.equal(items["split"], "train"),
+                                 pc.is_in(items["task"], pa.array(tasks))))
+    if train.num_rows == 0:
+        have = sorted(set(items["split"].to_pylist()))
+        raise TuneDataError(f"empty training selection: no train-split items of tasks {tasks} "
+                            f"in {items_path} (splits present: {have}); use a benchmark with "
+                            f"a train split, e.g. data=synth_tiny_tune or data=synth_full")
+    locations = sorted(set(train["location"].to_pylist()))
+    overlap = sorted(set(locations) & test_locs)
+    if overlap:
+        raise TuneDataError(f"train/test overlap: {len(overlap)} train location(s) are also "
+                            f"test locations (e.g. {overlap[:3]}); training on them would "
+                            f"score the model on places it has seen")
+    rng = np.random.default_rng(seed)
+    order = [locations[i] for i in rng.permutation(len(locations))]
+    if max_locations is not None:
+        order = order[:max_locations]
+    n_val = math.ceil(val_fraction * len(order)) if val_fraction > 0 and len(order) > 1 else 0
+    val_locs, train_locs = order[:n_val], order[n_val:]
+    train_rows = _cap(train.filter(pc.is_in(train["location"], pa.array(train_locs))),
+                      max_items_per_task)
+    val_rows = _cap(train.filter(pc.is_in(train["location"], pa.array(val_locs or [""]))),
+                    max_items_per_task)
+    if train_rows.num_rows == 0:
+        raise TuneDataError("empty training selection after holding out validation locations")
+    per_task = {name: {d["values"]: d["counts"] for d in
+                       sorted(pc.value_counts(t["task"]).to_pylist(), key=lambda d: d["values"])}
+                for name, t in (("train", train_rows), ("val", val_rows))}
+    return TrainSelection(train_rows, val_rows, tasks, train_locs, val_locs, len(test_locs),
+                          per_task)
+
+
+def _cap(table: pa.Table, per_task: int | None) -> pa.Table:
+    """The first `per_task` items of each task (items are sorted by image set)."""
+    if per_task is None:
+        return table
+    keep, seen = [], {}
+    for i, task in enumerate(table["task"].to_pylist()):
+        seen[task] = seen.get(task, 0) + 1
+        if seen[task] <= per_task:
+            keep.append(i)
+    return table.take(pa.array(keep, pa.int64()))
