@@ -50,8 +50,9 @@ def test_folder_holds_what_the_dummy_loader_needs(tmp_path, monkeypatch):
     assert config["architectures"] == ["Qwen2VLForConditionalGeneration"]  # vLLM: generates
     assert not list(built.glob("*.safetensors"))  # no weights: vLLM draws them
     processor = json.loads((built / "preprocessor_config.json").read_text())
-    assert (processor.get("min_pixels") or processor["size"]["shortest_edge"]) == \
-        cfg.model.min_pixels
+    # paper protocol: no floor of geoxray's own, so the processor's (4 x 28 x 28) stands
+    assert cfg.model.min_pixels is None
+    assert (processor.get("min_pixels") or processor["size"]["shortest_edge"]) == 3136
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(built)
     assert tok.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"]
@@ -103,7 +104,9 @@ def test_internvl3_folder_tiles_images_like_the_checkpoint(tmp_path, monkeypatch
     from PIL import Image
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(built)
-    assert cfg.model.engine_kwargs["mm_processor_kwargs"]["max_dynamic_patch"] == 6
+    # paper protocol: swift's InternVL template tiles up to 12 (its MAX_NUM default)
+    max_tiles = cfg.model.engine_kwargs["mm_processor_kwargs"]["max_dynamic_patch"]
+    assert max_tiles == 12
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 
@@ -112,14 +115,16 @@ def test_internvl3_folder_tiles_images_like_the_checkpoint(tmp_path, monkeypatch
         ids = processor(images=[image], text=prompt, return_tensors="np")["input_ids"][0]
         return int((ids == config["image_token_id"]).sum())
 
-    # InternVL's tiling by hand: the tile grid (at most 6 tiles) nearest the aspect ratio, a
+    # InternVL's tiling by hand: the tile grid (at most 12 tiles) nearest the aspect ratio, a
     # larger grid of the same ratio only if the image covers half its area; a thumbnail
     # when tiled; 256 tokens a 448 px tile
     assert image_tokens(512, 512) == 256  # 1x1 (2x2 would need 401,408 pixels)
     assert image_tokens(512, 1024) == (2 + 1) * 256  # 2x1 + thumbnail
     assert image_tokens(900, 900) == (4 + 1) * 256  # 2x2 (810,000 >= 401,408) + thumbnail
+    # 3x3 would need 903,168 pixels; 1000x1000 covers them
+    assert image_tokens(1000, 1000) == (9 + 1) * 256
     # five images at the budget fit the config's context
-    assert 5 * (6 + 1) * 256 + 200 < cfg.model.max_model_len
+    assert 5 * (max_tiles + 1) * 256 + 200 < cfg.model.max_model_len
 
 
 def test_unknown_shapes_fail_at_start_naming_the_key():

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from geoxray.redact import redact
@@ -213,8 +214,10 @@ def test_api_errors_are_stored_without_the_key(echo_server, monkeypatch, tmp_pat
     stage = _stage(tmp_path / "images", engine=lambda: engine)
     out = stage(pa.Table.from_pylist([{**rows[0], "key": "k"}],
                                      schema=ITEM_SCHEMA.append(pa.field("key", pa.string()))))
-    store.write_part(tmp_path / "run", out)
-    error = store.read_predictions(tmp_path / "run").to_pylist()[0]["error"]
+    # an API error is an attempt, not an answer: it is stored apart, under failures/
+    assert store.write_part(tmp_path / "run", out) == (0, 1)
+    (part,) = store.parts(tmp_path / "run", store.FAILURES)
+    error = pq.read_table(part).to_pylist()[0]["error"]
     # the server did echo the header (the test would pass vacuously otherwise)...
     assert "authorization" in error.lower() and "[REDACTED]" in error, error
     # ...and no part of the key was stored or logged

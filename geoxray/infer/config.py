@@ -11,8 +11,8 @@ class ModelConfig:
     name: str = "random"  # the model's name in results and tables
     engine: str = "random"  # random | constant | prior | vllm | openai
     path: Optional[str] = None  # HF id or local dir; "tiny:qwen2vl" builds the test model
-    # fine-tuned weights (e.g. a LoRA folder) on top of `path`: part of the model's identity,
-    # so its answers never mix with the base model's (no engine loads adapters yet)
+    # a LoRA adapter folder (peft layout) on top of `path`: part of the model's identity, so
+    # its answers never mix with the base model's (infer/adapter.py checks it at start)
     adapter: Optional[str] = None
     seed: int = 0
     # vLLM (engine: vllm)
@@ -34,7 +34,6 @@ class ModelConfig:
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vLLM as is
-    adapter: str | None = None
     # OpenAI-compatible API (engine: openai)
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None  # name of the env variable holding the key
