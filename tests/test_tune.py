@@ -128,15 +128,20 @@ def test_model_adapter_in_the_config_names_results_and_fails_early(tmp_path, tin
     good = _save_adapter(tiny_dir, tmp_path / "mine")
     cfg = load_config([f"model.adapter={good}"])
     assert cfg.model.name == "tiny_qwen2vl+mine"
+    from geoxray.infer.adapter import adapter_ref
     from geoxray.infer.vllm_engine import engine_args, lora_request
     args = engine_args(cfg.model)
     assert args["enable_lora"] is True and args["max_lora_rank"] == 8
-    assert lora_request(cfg.model).lora_path == str(good.resolve())
+    assert lora_request(adapter_ref(cfg.model)).lora_path == str(good.resolve())
     from geoxray.infer.serve import app_name_for
     from geoxray.run.evaluate import model_fingerprint
     fp, app = model_fingerprint(cfg.model), app_name_for(cfg.model)
-    _save_adapter(tiny_dir, good, seed=1)  # retrained in place: new keys, new replica
-    assert model_fingerprint(cfg.model) != fp and app_name_for(cfg.model) != app
+    lora_id = adapter_ref(cfg.model).lora_id
+    # retrained in place: new keys, and a new LoRA id, so the running replica (the same
+    # base's) loads the new weights instead of answering from its cached copy
+    _save_adapter(tiny_dir, good, seed=1)
+    assert model_fingerprint(cfg.model) != fp and adapter_ref(cfg.model).lora_id != lora_id
+    assert app_name_for(cfg.model) == app
     with pytest.raises(ConfigError, match="model.adapter.*no adapter folder"):
         load_config([f"model.adapter={tmp_path / 'missing'}"])
     assert load_config(["model.adapter=none"]).model.name == "tiny_qwen2vl"  # a sweep's base
@@ -226,6 +231,7 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
     from transformers import Qwen2VLForConditionalGeneration
 
     from conftest import eval_config
+    from geoxray.infer.adapter import adapter_ref
     from geoxray.infer.config import DecodeConfig
     from geoxray.infer.serve import ServeEngine, start_model_app
     from geoxray.infer.stage import RequestBuilder
@@ -272,7 +278,8 @@ def test_adapter_through_serve_answers_in_format_and_agrees_with_peft(tuned, tin
 
     # option probabilities: vLLM + LoRA (the same Serve app) vs transformers + peft
     choice = DecodeConfig(mode="choice", max_tokens=16)
-    engine = ServeEngine(start_model_app(cfg.model, choice), choice)
+    engine = ServeEngine(start_model_app(cfg.model, choice), choice,
+                         adapter=adapter_ref(cfg.model))
     stage = RequestBuilder(str(tiny_bench.image_root))
     rows = pq.read_table(tiny_bench.items_path).to_pylist()
     rows = [r for r in rows if r["task"] in ("pose_random", "intra_map")][:: 97][:3]

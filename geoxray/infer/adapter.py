@@ -194,3 +194,41 @@ def _check_files_only(model) -> AdapterInfo:
     engine_max_rank(rank)
     return AdapterInfo(path=str(folder.resolve()), name=folder.resolve().name, rank=rank,
                        alpha=0.0, hash=adapter_hash(folder), modules=0)
+
+
+# --- serving: one loaded base model answers for many adapters ---------------------------------
+@dataclass(frozen=True)
+class AdapterRef:
+    """What a request names to be answered with an adapter: vLLM loads it once per replica
+    (by `lora_id`, derived from the content hash, so a folder retrained in place is loaded
+    anew rather than served from the replica's cache)."""
+    name: str
+    path: str
+    hash: str
+
+    @property
+    def lora_id(self) -> int:
+        return int(self.hash[:7], 16) + 1  # vLLM wants a positive int, unique per adapter
+
+
+def adapter_ref(model) -> AdapterRef | None:
+    if not model.adapter:
+        return None
+    folder = Path(model.adapter).resolve()
+    return AdapterRef(name=folder.name, path=str(folder), hash=adapter_hash(folder))
+
+
+def engine_lora_rank(model) -> int | None:
+    """The max_lora_rank a replica of `model` is started with: None (no LoRA support) unless
+    the model has an adapter or `model.lora_max_rank` reserves room for adapters (a sweep sets
+    it on a base and all its adapters, so they share one replica)."""
+    ranks = [r for r in (model.lora_max_rank,
+                         adapter_rank(model.adapter) if model.adapter else None) if r]
+    return engine_max_rank(max(ranks)) if ranks else None
+
+
+def base_name(model) -> str:
+    """The model's name without the `+<adapter>` suffix prepare_adapter gave it."""
+    if model.adapter:
+        return model.name.removesuffix(f"+{Path(model.adapter).resolve().name}")
+    return model.name

@@ -14,6 +14,10 @@ class ModelConfig:
     # a LoRA adapter folder (peft layout) on top of `path`: part of the model's identity, so
     # its answers never mix with the base model's (infer/adapter.py checks it at start)
     adapter: Optional[str] = None
+    # serve LoRA adapters up to this rank from the same replica (None: only model.adapter's).
+    # A sweep sets it on a base model and each of its adapters, so one loaded base answers
+    # for all of them; it changes no answer, so it is not part of any key
+    lora_max_rank: Optional[int] = None
     seed: int = 0
     # vLLM (engine: vllm)
     # the architecture of `path` with random weights, built offline (no download): a real

@@ -60,10 +60,12 @@ def _start_baseline(kind: str, model: ModelConfig, decode: DecodeConfig,
 
 # --- vLLM: a Serve app of replicas, started by the driver -----------------------------------
 def _start_vllm(model: ModelConfig, decode: DecodeConfig, gold: GoldMarginals) -> Builder:
+    from geoxray.infer.adapter import adapter_ref
     from geoxray.infer.serve import ServeEngine, start_model_app
-    app_name = start_model_app(model, decode)
+    app_name = start_model_app(model, decode)  # the base's app, shared by its adapters
     return partial(ServeEngine, app_name, decode, timeout_s=model.request_timeout_s,
-                   retries=model.retries, max_in_flight=model.max_in_flight)
+                   retries=model.retries, max_in_flight=model.max_in_flight,
+                   adapter=adapter_ref(model))
 
 
 def _stop_vllm(model: ModelConfig) -> None:

@@ -12,6 +12,9 @@ OpenAI-compatible server still serves API clients (see `openai_engine.py`).
 
 Long-lived: an app is named by the model config's hash, so a later eval of the same model
 (another task, another decode mode) reuses the running replicas instead of reloading.
+Adapters: the app's identity is the base model plus the LoRA rank it has room for, never the
+adapter itself; each call names its adapter (`AdapterRef`, or None for the base), so one
+loaded base answers for every adapter of a sweep (vLLM loads each once, by content hash).
 Serve runs without an HTTP proxy (handles only), so nothing listens on the network.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from geoxray.infer.adapter import AdapterRef
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Reply, Request
 
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 # Client-side settings: they do not change what a replica is, so not its identity.
 _CLIENT_ONLY = {"base_url", "api_key_env", "concurrency", "openai_choice", "request_timeout_s",
                 "retries", "api_image",  # an API engine's setting: no replica reads it
-                "protocols"}  # already resolved into the fields above by apply_protocol
+                "protocols",  # already resolved into the fields above by apply_protocol
+                "adapter", "lora_max_rank"}  # per call; the replica's LoRA room is lora_rank
 
 
 def as_model_config(cfg: Any) -> ModelConfig:
@@ -56,12 +61,15 @@ def as_decode_config(cfg: Any) -> DecodeConfig:
 
 def app_name_for(model: ModelConfig) -> str:
     """`geoxray-<name>-<hash of every replica-side setting>`."""
+    from geoxray.infer.adapter import base_name, engine_lora_rank
+
     replica_side = {k: v for k, v in dataclasses.asdict(model).items() if k not in _CLIENT_ONLY}
-    if model.adapter:  # retrained in place = another replica
-        from geoxray.infer.adapter import adapter_hash
-        replica_side["adapter_hash"] = adapter_hash(model.adapter)
+    replica_side["name"] = base_name(model)  # base and its adapters: one app
+    lora_rank = engine_lora_rank(model)
+    if lora_rank:  # only when set: apps without LoRA keep their names
+        replica_side["lora_rank"] = lora_rank
     digest = hashlib.sha256(json.dumps(replica_side, sort_keys=True, default=str).encode())
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-") or "model"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", replica_side["name"]).strip("-") or "model"
     return f"geoxray-{slug}-{digest.hexdigest()[:10]}"
 
 
@@ -75,8 +83,9 @@ class VLLMReplica:
         self.engine = AsyncVLLMEngine(model)
 
     async def generate(self, requests: list[Request], decode: DecodeConfig | None = None,
-                       timeout_s: float | None = None) -> list[Reply]:
-        return await self.engine.generate(requests, decode or self.decode, timeout_s)
+                       timeout_s: float | None = None,
+                       adapter: AdapterRef | None = None) -> list[Reply]:
+        return await self.engine.generate(requests, decode or self.decode, timeout_s, adapter)
 
     async def info(self) -> dict[str, Any]:
         import os
@@ -164,13 +173,16 @@ class ServeEngine:
     replica; a call that fails (replica died, call timed out) is retried with exponential
     backoff, and so are items the replica marked retryable (timeouts, engine errors), up to
     `retries` times; then they get Reply.error and the rest of the batch goes on.
+    Every call names `adapter` (None: the base model's own answers).
     """
 
     def __init__(self, app_name: str, decode_cfg: Any = None, timeout_s: float = 600.0,
                  retries: int = 2, max_in_flight: int = 64, per_call: int = 16,
-                 queue_timeout_s: float = 600.0, backoff_s: float = 1.0):
-        self.name = app_name
+                 queue_timeout_s: float = 600.0, backoff_s: float = 1.0,
+                 adapter: AdapterRef | None = None):
+        self.name = app_name if adapter is None else f"{app_name}+{adapter.name}"
         self.app_name = app_name
+        self.adapter = adapter
         self.decode = as_decode_config(decode_cfg)
         self.timeout_s = timeout_s
         self.retries = retries
@@ -231,7 +243,7 @@ class ServeEngine:
             response = None
             try:
                 response = self._get_handle().generate.remote(
-                    [chunk[i] for i in pending], self.decode, self.timeout_s)
+                    [chunk[i] for i in pending], self.decode, self.timeout_s, self.adapter)
                 out = response.result(timeout_s=self.timeout_s + self.queue_timeout_s)
                 if len(out) != len(pending):
                     raise RuntimeError(f"replica answered {len(out)} of {len(pending)} items")

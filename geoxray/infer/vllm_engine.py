@@ -37,6 +37,7 @@ from geoxray.infer.chat import chat_messages, option_text
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Reply, Request
 from geoxray.infer.option_scores import Prefix, build_trie, normalise, option_logprobs
+from geoxray.infer.adapter import AdapterRef, adapter_ref
 from geoxray.models.tiny import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,21 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
     # TP > 1: worker processes inside this replica, which holds all the GPUs it needs
     args.setdefault("distributed_executor_backend",
                     "uni" if model.tensor_parallel_size == 1 else "mp")
-    if model.adapter:  # LoRA on this base, chosen per request (geoxray/infer/adapter.py)
-        from geoxray.infer.adapter import adapter_rank, engine_max_rank
-        args.update(enable_lora=True, max_lora_rank=engine_max_rank(adapter_rank(model.adapter)))
+    from geoxray.infer.adapter import engine_lora_rank
+    lora_rank = engine_lora_rank(model)
+    if lora_rank:  # LoRA on this base, the adapter chosen per request (infer/adapter.py)
+        args.update(enable_lora=True, max_lora_rank=lora_rank)
     args.update(extra)
     return args
 
 
-def lora_request(model: ModelConfig):
-    """The adapter of `model` as vLLM's per-request LoRARequest (None without one)."""
-    if not model.adapter:
+def lora_request(adapter: AdapterRef | None):
+    """An adapter as vLLM's per-request LoRARequest (None: the base model)."""
+    if adapter is None:
         return None
-    from pathlib import Path
-
     from vllm.lora.request import LoRARequest
-    path = Path(model.adapter).resolve()
-    return LoRARequest(lora_name=path.name, lora_int_id=1, lora_path=str(path))
+    return LoRARequest(lora_name=f"{adapter.name}-{adapter.hash}", lora_int_id=adapter.lora_id,
+                       lora_path=adapter.path)
 
 
 def server_command(model: ModelConfig, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
@@ -167,7 +167,6 @@ class AsyncVLLMEngine:
         self.tok_params = self.renderer.default_chat_tok_params.with_kwargs(
             add_special_tokens=False)
         self.stop_ids = self._stop_ids()
-        self.lora = lora_request(model)
         self._gate: asyncio.Semaphore | None = None
         self._tries: dict[tuple[str, ...], Any] = {}
         log.info("vLLM engine %s ready in %.1fs", model.name, self.start_s)
@@ -181,19 +180,23 @@ class AsyncVLLMEngine:
 
     # --- public -------------------------------------------------------------------------
     async def generate(self, requests: Sequence[Request], decode: DecodeConfig,
-                       timeout_s: float | None = None) -> list[Reply]:
-        """Every request answered; a failure or timeout is that item's Reply.error."""
-        return list(await asyncio.gather(*(self.answer(r, decode, timeout_s) for r in requests)))
+                       timeout_s: float | None = None,
+                       adapter: AdapterRef | None = None) -> list[Reply]:
+        """Every request answered (by `adapter` on this base, or the base itself when None);
+        a failure or timeout is that item's Reply.error."""
+        lora = lora_request(adapter)
+        return list(await asyncio.gather(*(self.answer(r, decode, timeout_s, lora)
+                                           for r in requests)))
 
     async def answer(self, request: Request, decode: DecodeConfig,
-                     timeout_s: float | None = None) -> Reply:
+                     timeout_s: float | None = None, lora=None) -> Reply:
         if self._gate is None:
             self._gate = asyncio.Semaphore(max(1, self.model.max_in_flight))
         t0 = time.perf_counter()
         try:
             async with self._gate:
-                coro = self._choice(request, decode) if decode.mode == "choice" \
-                    else self._paper(request, decode)
+                coro = self._choice(request, decode, lora) if decode.mode == "choice" \
+                    else self._paper(request, decode, lora)
                 reply = await asyncio.wait_for(coro, timeout_s) if timeout_s else await coro
         except asyncio.TimeoutError:
             reply = Reply(error=f"timeout: no reply within {timeout_s}s",
@@ -212,7 +215,7 @@ class AsyncVLLMEngine:
         self.llm.shutdown()
 
     # --- decode modes -------------------------------------------------------------------
-    async def _paper(self, request: Request, decode: DecodeConfig) -> Reply:
+    async def _paper(self, request: Request, decode: DecodeConfig, lora=None) -> Reply:
         from vllm import SamplingParams
 
         prompt = await self._render(request)
@@ -220,14 +223,14 @@ class AsyncVLLMEngine:
                                 seed=decode.seed,
                                 repetition_penalty=repetition_penalty(decode,
                                                                       self.llm.model_config))
-        out = await self._run(prompt, params)
+        out = await self._run(prompt, params, lora=lora)
         gen = out.outputs[0]
         return Reply(text=gen.text, prompt_tokens=len(out.prompt_token_ids or ()),
                      generated_tokens=len(gen.token_ids),
                      extra={"finish_reason": gen.finish_reason,
                             "cached_tokens": out.num_cached_tokens or 0})
 
-    async def _choice(self, request: Request, decode: DecodeConfig) -> Reply:
+    async def _choice(self, request: Request, decode: DecodeConfig, lora=None) -> Reply:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -240,7 +243,7 @@ class AsyncVLLMEngine:
             ids = trie.token_ids_to_score(node, self.stop_ids)
             params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=ids,
                                     detokenize=False)
-            out = await self._run(prompt, params, suffix=node)
+            out = await self._run(prompt, params, suffix=node, lora=lora)
             step = out.outputs[0].logprobs[0]
             return node, {t: step[t].logprob for t in ids}, out.num_cached_tokens or 0
 
@@ -250,7 +253,8 @@ class AsyncVLLMEngine:
             structured_outputs=StructuredOutputsParams(choice=shown))
         root = await score(())  # first, so the rest hit the prefix cache
         rest = [score(node) for node in trie.children if node != ()]
-        gen_out, *scored = await asyncio.gather(self._run(prompt, constrained), *rest)
+        gen_out, *scored = await asyncio.gather(self._run(prompt, constrained, lora=lora),
+                                                *rest)
         node_logprobs = {node: lp for node, lp, _ in [root, *scored]}
         reused = sum(cached for _, _, cached in scored)  # prompt tokens found in the cache
         probs, mass = normalise(option_logprobs(trie, node_logprobs, self.stop_ids))
@@ -278,14 +282,15 @@ class AsyncVLLMEngine:
         (tokens,) = await self.renderer.tokenize_prompts_async([prompt], self.tok_params)
         return tokens
 
-    async def _run(self, prompt: dict[str, Any], params, suffix: Prefix = ()):
-        """One engine request; `suffix` token ids are appended to the prompt."""
+    async def _run(self, prompt: dict[str, Any], params, suffix: Prefix = (), lora=None):
+        """One engine request; `suffix` token ids are appended to the prompt; `lora` (a
+        LoRARequest) picks the adapter."""
         p = {k: v for k, v in prompt.items() if k != "prompt"}
         p["prompt_token_ids"] = list(prompt["prompt_token_ids"]) + list(suffix)
         (engine_input,) = await self.renderer.render_cmpl_async([p], self.tok_params)
         final = None
         async for out in self.llm.generate(engine_input, params, uuid.uuid4().hex,
-                                           lora_request=self.lora):
+                                           lora_request=lora):
             final = out
         if final is None:
             raise RuntimeError("vLLM returned no output")
@@ -305,6 +310,7 @@ class VLLMEngine:
                                         name=f"vllm-{model.name}")
         self._thread.start()
         self.core: AsyncVLLMEngine = self._call(self._create(model))
+        self.adapter = adapter_ref(model)
 
     @staticmethod
     async def _create(model: ModelConfig) -> AsyncVLLMEngine:
@@ -315,7 +321,8 @@ class VLLMEngine:
 
     def generate(self, requests: Sequence[Request], decode: DecodeConfig | None = None
                  ) -> list[Reply]:
-        return self._call(self.core.generate(requests, decode or self.decode, self.timeout_s))
+        return self._call(self.core.generate(requests, decode or self.decode, self.timeout_s,
+                                             self.adapter))
 
     def shutdown(self) -> None:
         try:

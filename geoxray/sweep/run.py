@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -68,15 +68,40 @@ def point_fingerprint(cfg: Config) -> str:
                       cfg.data.splits, n=16)
 
 
+def replica_group(cfg: Config) -> str:
+    """Points with the same key can share one running model: the same base and replica
+    settings, whichever adapter they name."""
+    from geoxray.infer.adapter import base_name
+    from geoxray.infer.serve import app_name_for
+
+    base = replace(cfg.model, adapter=None, lora_max_rank=None, name=base_name(cfg.model))
+    return app_name_for(base)
+
+
+def share_base_models(group: "ModelGroup") -> None:
+    """A base model and its adapters in one group: give every point the LoRA room of the
+    largest adapter, so they all name one Serve app (the base loaded once, each adapter
+    chosen per request) instead of one engine start per adapter."""
+    from geoxray.infer.adapter import engine_lora_rank
+
+    ranks = [engine_lora_rank(p.cfg.model) for p in group.points if p.cfg.model.adapter]
+    if ranks:
+        for p in group.points:
+            p.cfg.model.lora_max_rank = max(ranks)
+
+
 def plan_points(spec: SweepSpec, sweep_dir: Path) -> list[ModelGroup]:
     """Compose and check every point's config before anything runs (a config mistake fails
-    here, naming the key), grouped by model in sweep order."""
+    here, naming the key), grouped by the model replica they need, in sweep order (a base
+    and its adapters are one group)."""
     groups: dict[str, ModelGroup] = {}
     for point in spec.points():
         cfg = load_config(point.overrides(spec.overrides))
         cfg.output_dir = str(sweep_dir / point.name)
         planned = PlannedPoint(point, cfg, point_fingerprint(cfg))
-        groups.setdefault(point.model.name, ModelGroup(point.model)).points.append(planned)
+        groups.setdefault(replica_group(cfg), ModelGroup(point.model)).points.append(planned)
+    for group in groups.values():
+        share_base_models(group)
     return list(groups.values())
 
 
@@ -118,7 +143,12 @@ def run_group(group: ModelGroup, state: SweepState, evaluate: Evaluate,
             results[p.name] = "failed"
         return results
     try:
+        broken: dict[str, str] = {}  # point -> why it is not attempted
         for i, p in enumerate(todo):
+            if p.name in broken:
+                _fail(state, p, RuntimeError(broken[p.name]), attempted=False)
+                results[p.name] = "failed"
+                continue
             state.update(p.name, status="running", started=now(), error=None,
                          attempts=state.point(p.name).get("attempts", 0) + 1)
             started = time.time()
@@ -129,13 +159,13 @@ def run_group(group: ModelGroup, state: SweepState, evaluate: Evaluate,
                 results[p.name] = "failed"
                 if not _has_predictions(Path(p.cfg.output_dir)):
                     # Nothing came back at all: the model (not the point) is broken. Its
-                    # other points would fail the same way, each after a start-up.
+                    # other points would fail the same way, each after a start-up (a broken
+                    # adapter fails its own points; a broken base fails its adapters' too).
+                    adapter = p.cfg.model.adapter
                     for rest in todo[i + 1:]:
-                        _fail(state, rest, RuntimeError(
-                            f"not attempted: model {group.model.name} failed on {p.name}: "
-                            f"{_one_line(exc)}"), attempted=False)
-                        results[rest.name] = "failed"
-                    break
+                        if adapter is None or rest.cfg.model.adapter == adapter:
+                            broken[rest.name] = (f"not attempted: model {p.cfg.model.name} "
+                                                 f"failed on {p.name}: {_one_line(exc)}")
                 continue
             state.update(p.name, status="done", finished=now(),
                          wall_s=round(time.time() - started, 3), error=None,

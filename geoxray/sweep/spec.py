@@ -214,6 +214,9 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         else:
             common.append(text)
 
+    adapters = [values for key, values in extra if key == "model.adapter"]
+    extra = [(key, values) for key, values in extra if key != "model.adapter"]
+
     variants = {}
     for group, entries in axes.items():
         field_name = "models" if group == "model" else group
@@ -224,6 +227,8 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         variants[group] = [_variant(group, e, f"sweep.{group}[{i}]")
                            for i, e in enumerate(entries)]
         _check_options(group, variants[group], f"sweep.{group}")
+    if adapters:  # `model.adapter=none,A,B`: each model with each adapter, named <model>+<A>
+        variants["model"] = with_adapters(variants["model"], adapters[0])
     for v in variants["decode"]:
         if v.name != v.base:
             raise ConfigError("config key 'sweep.decode': decode variants cannot be renamed "
@@ -234,6 +239,22 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         output_dir=str(settings["output_dir"]) if settings["output_dir"] else None,
         max_cpu_models=int(settings["max_cpu_models"] or 1),
         keep_apps=str(settings["keep_apps"]).lower() in ("true", "1", "yes"))
+
+
+def with_adapters(models: list[Variant], adapters: list[str]) -> list[Variant]:
+    """Each model variant once per adapter (`none`: the base itself), as `<model>+<folder>`
+    like `geoxray eval model.adapter=...` names its results. The sweep runs a base and its
+    adapters on one Serve app (sweep/run.py groups them by the base's replica)."""
+    out = []
+    for model in models:
+        for adapter in adapters:
+            if str(adapter).lower() in ("none", "null", ""):
+                out.append(model)
+                continue
+            folder = Path(adapter).expanduser().resolve().name
+            out.append(Variant(f"{model.name}+{folder}", model.base,
+                               (*model.overrides, f"model.adapter={adapter}")))
+    return out
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, list[str] | None, str | None]]:

@@ -1,0 +1,123 @@
+"""One loaded base model answers for many LoRA adapters: a sweep over `model.adapter=none,A,B`
+plans one replica group, starts one Serve app (one vLLM engine) for the base and both
+adapters, and each point's option probabilities are those of its own adapter, checked against
+a transformers + peft forward pass."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from geoxray.sweep.run import plan_points, run_sweep
+from geoxray.sweep.spec import load_sweep
+
+pytest_plugins = ("conftest_vllm",)
+
+ITEMS = 6  # per task; pose_fixed and intra_map (single-token and multi-token options)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    from test_tune import _save_adapter
+
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
+    base = ensure_tiny_qwen2vl()
+    root = tmp_path_factory.mktemp("adapters")
+    return {"A": _save_adapter(base, root / "A", r=8, seed=1),
+            "B": _save_adapter(base, root / "B", r=4, seed=2)}
+
+
+def _overrides(adapters, out: Path, cache) -> list[str]:
+    return ["model=tiny_qwen2vl", f"model.adapter=none,{adapters['A']},{adapters['B']}",
+            "decode=choice", "data=synth_tiny", "run.tasks=[pose_fixed,intra_map]",
+            f"run.max_items_per_task={ITEMS}", "decode.max_tokens=16", "run.progress=false",
+            "run.bootstrap=100", f"cache_dir={cache}", f"output_dir={out}"]
+
+
+def test_a_base_and_its_adapters_plan_one_replica(adapters, tmp_path, geoxray_cache):
+    from geoxray.config import load_config
+    from geoxray.infer.serve import app_name_for
+
+    spec = load_sweep(None, _overrides(adapters, tmp_path, geoxray_cache))
+    assert [m.name for m in spec.models] == ["tiny_qwen2vl", "tiny_qwen2vl+A", "tiny_qwen2vl+B"]
+    assert not spec.extra_axes  # the adapters are model variants, not an extra axis
+    (group,) = plan_points(spec, tmp_path)
+    models = [p.cfg.model for p in group.points]
+    assert [m.name for m in models] == ["tiny_qwen2vl", "tiny_qwen2vl+A", "tiny_qwen2vl+B"]
+    assert [m.adapter for m in models] == [None, str(adapters["A"]), str(adapters["B"])]
+    # room for the largest adapter (rank 8) on every point: one app name for all three
+    assert {m.lora_max_rank for m in models} == {8}
+    assert len({app_name_for(m) for m in models}) == 1
+    # the base alone (no adapters around) is another replica: no LoRA room, no LoRA cost
+    alone = load_config(["model=tiny_qwen2vl"]).model
+    assert app_name_for(alone) != app_name_for(models[0])
+    # the LoRA room is not part of any answer's key: the base keeps its keys
+    from geoxray.run.selection import model_fingerprint
+    assert model_fingerprint(alone) == model_fingerprint(models[0])
+
+
+@pytest.mark.vllm
+def test_one_engine_serves_the_base_and_every_adapter(ray_cluster, tiny_bench, adapters,
+                                                      tmp_path, geoxray_cache):
+    import torch
+    from peft import PeftModel
+    from ray import serve
+    from test_vllm_engine import hf_option_probs
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from geoxray.infer.stage import RequestBuilder
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
+    from geoxray.run import store
+    from geoxray.run.evaluate import evaluate
+
+    replicas: dict[str, tuple] = {}  # point -> (apps running, replica actor, engine start s)
+
+    def evaluate_and_look(cfg):
+        out = evaluate(cfg)
+        apps = tuple(sorted(a for a in serve.status().applications if "tiny" in a))
+        info = serve.get_app_handle(apps[0]).info.remote().result()
+        replicas[Path(out).name] = (apps, info["actor_id"], info["engine_start_s"])
+        return out
+
+    spec = load_sweep(None, _overrides(adapters, tmp_path / "sweep", geoxray_cache))
+    result = run_sweep(spec, evaluate=evaluate_and_look)
+    points = ["tiny_qwen2vl-synth_tiny-choice", "tiny_qwen2vl+A-synth_tiny-choice",
+              "tiny_qwen2vl+B-synth_tiny-choice"]
+    assert result.statuses == {p: "done" for p in points}
+    # one app, one replica actor, one engine start for all three points
+    assert len({replicas[p] for p in points}) == 1, replicas
+    (apps, _, _), = {replicas[p] for p in points}
+    assert len(apps) == 1
+    assert not [a for a in serve.status().applications if a == apps[0]]  # stopped after
+
+    preds = {p: store.read_predictions(result.sweep_dir / p).to_pandas().set_index("item_id")
+             for p in points}
+    for p in points:
+        assert len(preds[p]) == 2 * ITEMS and preds[p]["error"].isna().all()
+    assert set(preds[points[1]]["model"]) == {"tiny_qwen2vl+A"}
+    # the adapters change the answers' probabilities (each is its own model)...
+    base, a, b = (preds[p]["option_probs"].map(dict) for p in points)
+    assert any(abs(a[i][o] - base[i][o]) > 1e-3 for i in base.index for o in base[i])
+    assert any(abs(a[i][o] - b[i][o]) > 1e-3 for i in base.index for o in base[i])
+
+    # ...and each point's are its own adapter's: transformers + peft on the same requests
+    cfg = plan_points(spec, tmp_path / "plan")[0].points[0].cfg
+    rows = {r["item_id"]: r for r in pq.read_table(tiny_bench.items_path).to_pylist()}
+    builder = RequestBuilder(str(tiny_bench.image_root), protocol=cfg.protocol)
+    folder = ensure_tiny_qwen2vl()
+
+    def base_model():
+        return Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+
+    models = {points[0]: base_model().eval(),
+              points[1]: PeftModel.from_pretrained(base_model(), str(adapters["A"])).eval(),
+              points[2]: PeftModel.from_pretrained(base_model(), str(adapters["B"])).eval()}
+    picked = preds[points[0]].reset_index().groupby("task")["item_id"].first()  # one a task
+    for item_id in picked:
+        request = builder.build_request({**rows[item_id], "key": item_id})
+        for p, model in models.items():
+            expect, _ = hf_option_probs(model, folder, request)
+            got = preds[p].loc[item_id, "option_probs"]
+            for option in request.options:
+                assert abs(dict(got)[option] - expect[option]) < 1e-3, (p, item_id, option)
