@@ -72,8 +72,6 @@ def main() -> None:
         "example_stage_tokens_per_item": round(n_tokens / len(rows), 1),
         "final_train_loss": m["history"][-1]["loss"], "validation": m["validation"],
         "tune_wall_s": round(wall, 2),
-        "not_measured": "many adapters on one base vs one engine start per adapter: one "
-                        "adapter per Serve app so far (docs/tuning.md)",
     }
     save(result, Path(args.out))
 

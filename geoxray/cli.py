@@ -34,8 +34,9 @@ def _cmd_eval(argv: list[str]) -> int:
     from geoxray.config import load_config
     from geoxray.run.evaluate import evaluate
     from geoxray.run.manifest import summary_lines
+    from geoxray.tune.cached import resolve_tuned
 
-    cfg = load_config(args.overrides)
+    cfg = load_config(resolve_tuned(args.overrides))  # model.adapter=tuned:X: tuned once, cached
     out_dir = evaluate(cfg, dry_run=args.dry_run)
     if args.dry_run:
         return 0

@@ -141,6 +141,10 @@ def validate(raw: DictConfig | dict) -> Config:
             cfg.model.name += NAME_SUFFIX
     if cfg.model.adapter in ("none", ""):  # sweeps list the base as model.adapter=none
         cfg.model.adapter = None
+    if cfg.model.adapter and cfg.model.adapter.startswith("tuned:"):
+        raise ConfigError(f"config key 'model.adapter': {cfg.model.adapter!r} is tuned and "
+                          f"cached by `geoxray eval` and `geoxray sweep` (or give the folder "
+                          f"`geoxray tune` wrote)")
     if cfg.model.adapter:  # checked against the base now, not when the engine loads it
         from geoxray.infer.adapter import AdapterError, prepare_adapter
         from geoxray.infer.vllm_engine import model_folder

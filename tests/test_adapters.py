@@ -19,13 +19,12 @@ ITEMS = 6  # per task; pose_fixed and intra_map (single-token and multi-token op
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
-    from test_tune import _save_adapter
-
+    from geoxray.models.random_adapter import save_random_adapter
     from geoxray.models.tiny import ensure_tiny_qwen2vl
     base = ensure_tiny_qwen2vl()
     root = tmp_path_factory.mktemp("adapters")
-    return {"A": _save_adapter(base, root / "A", r=8, seed=1),
-            "B": _save_adapter(base, root / "B", r=4, seed=2)}
+    return {"A": save_random_adapter(base, root / "A", r=8, seed=1),
+            "B": save_random_adapter(base, root / "B", r=4, seed=2)}
 
 
 def _overrides(adapters, out: Path, cache) -> list[str]:
@@ -121,3 +120,57 @@ def test_one_engine_serves_the_base_and_every_adapter(ray_cluster, tiny_bench, a
             got = preds[p].loc[item_id, "option_probs"]
             for option in request.options:
                 assert abs(dict(got)[option] - expect[option]) < 1e-3, (p, item_id, option)
+
+
+# --- tuned:<preset>: tuned on first use, cached by what decides the weights -----------------
+def test_tuned_adapters_are_trained_once_and_found_again(tmp_path, monkeypatch):
+    import geoxray.tune.run as tune_run
+    from geoxray.config import ConfigError, load_config
+    from geoxray.tune.cached import display_name, resolve_tuned
+
+    calls = []
+
+    def fake_tune(cfg, tc, preset):  # the training itself is tests/test_tune.py's; here: caching
+        calls.append((cfg.model.name, tc.lr, preset))
+        out = Path(tc.output_root) / tc.name
+        out.mkdir(parents=True)
+        for f in (*tune_run.ADAPTER_FILES, "tune_manifest.json"):
+            (out / f).write_text("x")
+        return out
+
+    monkeypatch.setattr(tune_run, "tune", fake_tune)
+    cache = f"cache_dir={tmp_path}"
+    first = resolve_tuned(["model=tiny_qwen2vl", cache, "model.adapter=none,tuned:tiny"])
+    folder = Path(first[-1].split(",")[1])
+    assert first[:2] == ["model=tiny_qwen2vl", cache] and first[-1].startswith("model.adapter=none,")
+    assert folder.name == display_name("tuned:tiny") == "tuned-tiny" and folder.is_relative_to(tmp_path)
+    assert resolve_tuned(["model=tiny_qwen2vl", cache, "model.adapter=tuned:tiny"]) == \
+        ["model=tiny_qwen2vl", cache, f"model.adapter={folder}"]
+    assert len(calls) == 1  # found, not tuned again
+    # what decides the weights keys the cache: another base model trains anew
+    other = resolve_tuned(["model=tiny_qwen2vl", "model.seed=1", cache, "model.adapter=tuned:tiny"])
+    assert len(calls) == 2 and Path(other[-1].split("=", 1)[1]).parent != folder.parent
+    assert resolve_tuned(["model.adapter=/x/y", "run.tasks=[a,b]"]) == ["model.adapter=/x/y",
+                                                                       "run.tasks=[a,b]"]
+    with pytest.raises(ConfigError, match="model.adapter.*tuned:nope.*no preset"):
+        resolve_tuned([cache, "model.adapter=tuned:nope"])
+    with pytest.raises(ConfigError, match="model.adapter.*tuned and cached by"):
+        load_config(["model.adapter=tuned:tiny"])  # e.g. `geoxray config`: not tuned there
+
+
+def test_the_demo_sweep_pairs_the_base_with_its_tuned_adapter(tmp_path, monkeypatch):
+    import geoxray.tune.cached as cached
+
+    made = {}
+
+    def fake_tuned(value, overrides):
+        made[value] = overrides
+        return Path("/adapters/key/tuned-tiny")
+
+    monkeypatch.setattr(cached, "tuned_adapter", fake_tuned)
+    spec = load_sweep("demo", [f"output_dir={tmp_path}"])
+    assert [m.name for m in spec.models] == ["tiny_qwen2vl", "tiny_qwen2vl+tuned-tiny"]
+    assert spec.models[1].overrides == ("model.adapter=/adapters/key/tuned-tiny",)
+    assert "model=tiny_qwen2vl" in made["tuned:tiny"]
+    assert [p.name for p in spec.points()] == [
+        f"tiny_qwen2vl{a}-synth_tiny-{d}" for a in ("", "+tuned-tiny") for d in ("paper", "choice")]

@@ -5,6 +5,7 @@ A sweep file is `conf/sweep/<name>.yaml`:
     name: smoke
     models: [tiny_qwen2vl, random]          # conf/model options, or variants:
     #  - {name: qwen2_vl_7b_small_px, base: qwen2_vl_7b, overrides: [model.max_pixels=200704]}
+    adapters: [none, runs/tune/x, tuned:tiny]  # optional: each model with each LoRA adapter
     decode: [paper, choice]                 # conf/decode options
     data: [synth_tiny]                      # conf/data options (or variants, as for models)
     overrides: [run.max_items_per_task=20]  # Hydra overrides applied to every point
@@ -168,8 +169,8 @@ def _check_options(group: str, variants: list[Variant], key: str) -> None:
                               f"(options: {sorted(options)})")
 
 
-_FIELDS = {"name", "models", "decode", "data", "overrides", "output_dir", "max_cpu_models",
-           "keep_apps", "description"}
+_FIELDS = {"name", "models", "adapters", "decode", "data", "overrides", "output_dir",
+           "max_cpu_models", "keep_apps", "description"}
 
 
 def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None) -> SweepSpec:
@@ -214,7 +215,8 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         else:
             common.append(text)
 
-    adapters = [values for key, values in extra if key == "model.adapter"]
+    adapters = [[str(a) for a in raw["adapters"]]] if raw.get("adapters") else []
+    adapters += [values for key, values in extra if key == "model.adapter"]
     extra = [(key, values) for key, values in extra if key != "model.adapter"]
 
     variants = {}
@@ -228,7 +230,7 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
                            for i, e in enumerate(entries)]
         _check_options(group, variants[group], f"sweep.{group}")
     if adapters:  # `model.adapter=none,A,B`: each model with each adapter, named <model>+<A>
-        variants["model"] = with_adapters(variants["model"], adapters[0])
+        variants["model"] = with_adapters(variants["model"], adapters[-1], common)
     for v in variants["decode"]:
         if v.name != v.base:
             raise ConfigError("config key 'sweep.decode': decode variants cannot be renamed "
@@ -241,18 +243,26 @@ def load_sweep(name_or_path: str | None, cli_overrides: list[str] | None = None)
         keep_apps=str(settings["keep_apps"]).lower() in ("true", "1", "yes"))
 
 
-def with_adapters(models: list[Variant], adapters: list[str]) -> list[Variant]:
+def with_adapters(models: list[Variant], adapters: list[str],
+                  common: list[str] | None = None) -> list[Variant]:
     """Each model variant once per adapter (`none`: the base itself), as `<model>+<folder>`
     like `geoxray eval model.adapter=...` names its results. The sweep runs a base and its
-    adapters on one Serve app (sweep/run.py groups them by the base's replica)."""
+    adapters on one Serve app (sweep/run.py groups them by the base's replica).
+    `tuned:<preset>` is tuned for each model on first use and cached (tune/cached.py)."""
+    from geoxray.tune.cached import display_name, is_tuned, tuned_adapter
+
     out = []
     for model in models:
         for adapter in adapters:
-            if str(adapter).lower() in ("none", "null", ""):
+            adapter = str(adapter)
+            if adapter.lower() in ("none", "null", ""):
                 out.append(model)
                 continue
-            folder = Path(adapter).expanduser().resolve().name
-            out.append(Variant(f"{model.name}+{folder}", model.base,
+            name = display_name(adapter)
+            if is_tuned(adapter):
+                adapter = str(tuned_adapter(adapter, [*model.group_overrides("model"),
+                                                      *(common or [])]))
+            out.append(Variant(f"{model.name}+{name}", model.base,
                                (*model.overrides, f"model.adapter={adapter}")))
     return out
 
