@@ -84,6 +84,11 @@ def select_training_items(items_path: str | Path, tasks: list[str] | None = None
                     max_items_per_task)
     if train_rows.num_rows == 0:
         raise TuneDataError("empty training selection after holding out validation locations")
+    # items.parquet is sorted by image set: the ~10 items of one ground view (pose_fixed and
+    # the pose_random crops, one answer) sit together, and the loop's local shuffle buffer
+    # (a few batches wide) would fill each batch with one view and one answer. A seeded
+    # global permutation mixes them (the epoch's buffer shuffle then varies the order).
+    train_rows = train_rows.take(pa.array(rng.permutation(train_rows.num_rows), pa.int64()))
     per_task = {name: {d["values"]: d["counts"] for d in
                        sorted(pc.value_counts(t["task"]).to_pylist(), key=lambda d: d["values"])}
                 for name, t in (("train", train_rows), ("val", val_rows))}
