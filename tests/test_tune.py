@@ -52,6 +52,27 @@ def test_selection_is_train_only_disjoint_and_holds_out_whole_locations(tmp_path
     assert len(set(capped.train["location"].to_pylist())) == 5 and capped.val.num_rows == 0
 
 
+def test_paper_preset_selects_the_papers_size(tmp_path):
+    """31,392 QA from 654 locations (48 a location) out of a larger train split, validation
+    locations on top and disjoint, every task present at each location."""
+    from geoxray.bench.tasks import TASK_BY_NAME
+    from geoxray.config import conf_dir
+    from geoxray.tune.config import load_tune_config
+
+    tc = load_tune_config("paper", [], conf_dir())
+    tasks = list(TASK_BY_NAME)
+    rows = [("train", f"L{loc}", tasks[k % len(tasks)]) for loc in range(720) for k in range(63)]
+    rows += [("test", f"T{loc}", "pose_fixed") for loc in range(5)]
+    sel = select_training_items(_items(tmp_path / "p.parquet", rows), tc.tasks, tc.val_fraction,
+                                tc.seed, tc.max_locations, tc.max_items_per_task,
+                                tc.max_items_per_location)
+    assert sel.train.num_rows == 31_392 and len(sel.train_locations) == 654
+    assert len(set(sel.train["location"].to_pylist())) == 654
+    assert len(sel.val_locations) == 33 and not set(sel.val_locations) & set(sel.train_locations)
+    per_loc = pa.TableGroupBy(sel.train, ["location", "task"]).aggregate([]).to_pylist()
+    assert len(per_loc) == 654 * 7  # 48 a location spread over all 7 tasks (6 or 7 each)
+
+
 def test_selection_refuses_overlap_empty_and_unknown_tasks(tmp_path):
     overlap = _items(tmp_path / "o.parquet", [("test", "A", "pose_fixed"), ("train", "A", "loc_prior"),
                                               ("train", "B", "pose_fixed")])

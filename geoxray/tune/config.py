@@ -20,8 +20,9 @@ class TuneConfig:
     output_root: str = "runs/tune"
     tasks: Optional[list[str]] = None   # None = all 7; ablations: [pose_fixed, pose_random]
     val_fraction: float = 0.1           # share of train LOCATIONS held out for validation
-    max_locations: Optional[int] = None  # cap on train+val locations (paper: 654)
+    max_locations: Optional[int] = None  # train locations (paper: 654); validation on top
     max_items_per_task: Optional[int] = None
+    max_items_per_location: Optional[int] = None  # paper: 31,392 QA / 654 locations = 48
     # LoRA (peft)
     r: int = 8
     alpha: int = 32

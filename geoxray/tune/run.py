@@ -91,7 +91,8 @@ def tune(cfg: Config, tc: TuneConfig, preset: str = DEFAULT_PRESET) -> Path:
     started = time.time()
     bench = prepare_benchmark(cfg)  # data mistakes fail here, before Ray
     selection = select_training_items(bench.items_path, tc.tasks, tc.val_fraction, tc.seed,
-                                      tc.max_locations, tc.max_items_per_task)
+                                      tc.max_locations, tc.max_items_per_task,
+                                      tc.max_items_per_location)
     model_dir = base_model_dir(cfg)
     name = tc.name or f"{cfg.model.name}-{cfg.data.name}-{preset}"
     out = Path(tc.output_root) / name

@@ -1,9 +1,14 @@
 """Which items a tuning run learns from: the paper's rule, checked.
 
 Train-split items only, from locations disjoint from EVERY test location of the benchmark
-(any task: a location seen in training must never be scored), optionally a task subset and
-a cap on locations; a seeded share of the train locations is held out as the validation set
-(checkpoint selection), whole locations at a time so validation measures unseen places.
+(any task: a location seen in training must never be scored), optionally a task subset, a
+cap on train locations and on QA per location; a seeded share of further train locations is
+held out as the validation set (checkpoint selection), whole locations at a time so
+validation measures unseen places.
+
+The paper's size: 31,392 QA from 654 locations is 48 QA a location, so
+`max_locations=654, max_items_per_location=48` (conf/tune/paper.yaml) reproduces it on any
+benchmark with enough train locations (`data=synth_full`: 4,571), validation locations apart.
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ class TrainSelection:
 def select_training_items(items_path: str | Path, tasks: list[str] | None = None,
                           val_fraction: float = 0.1, seed: int = 0,
                           max_locations: int | None = None,
-                          max_items_per_task: int | None = None) -> TrainSelection:
+                          max_items_per_task: int | None = None,
+                          max_items_per_location: int | None = None) -> TrainSelection:
     """The train/validation selection of a benchmark's items.parquet (see the module doc).
     Raises TuneDataError on an empty selection or on train/test location overlap."""
     tasks = list(tasks) if tasks else list(TASK_BY_NAME)
@@ -74,14 +80,16 @@ def select_training_items(items_path: str | Path, tasks: list[str] | None = None
                             f"score the model on places it has seen")
     rng = np.random.default_rng(seed)
     order = [locations[i] for i in rng.permutation(len(locations))]
-    if max_locations is not None:
-        order = order[:max_locations]
-    n_val = math.ceil(val_fraction * len(order)) if val_fraction > 0 and len(order) > 1 else 0
-    val_locs, train_locs = order[:n_val], order[n_val:]
-    train_rows = _cap(train.filter(pc.is_in(train["location"], pa.array(train_locs))),
-                      max_items_per_task)
-    val_rows = _cap(train.filter(pc.is_in(train["location"], pa.array(val_locs or [""]))),
-                    max_items_per_task)
+    # validation locations come on top of the `max_locations` trained on (a share of them)
+    n_train = len(order) if max_locations is None else max_locations
+    n_val = math.ceil(val_fraction * min(n_train, len(order))) \
+        if val_fraction > 0 and len(order) > 1 else 0
+    n_val = min(n_val, len(order) - 1)
+    val_locs, train_locs = order[:n_val], order[n_val:n_val + n_train]
+    train_rows = _cap(_per_location(train.filter(pc.is_in(train["location"], pa.array(train_locs))),
+                                    max_items_per_location, rng), max_items_per_task)
+    val_rows = _cap(_per_location(train.filter(pc.is_in(train["location"], pa.array(val_locs or [""]))),
+                                  max_items_per_location, rng), max_items_per_task)
     if train_rows.num_rows == 0:
         raise TuneDataError("empty training selection after holding out validation locations")
     # items.parquet is sorted by image set: the ~10 items of one ground view (pose_fixed and
@@ -94,6 +102,26 @@ def select_training_items(items_path: str | Path, tasks: list[str] | None = None
                 for name, t in (("train", train_rows), ("val", val_rows))}
     return TrainSelection(train_rows, val_rows, tasks, train_locs, val_locs, len(test_locs),
                           per_task)
+
+
+def _per_location(table: pa.Table, per_location: int | None, rng) -> pa.Table:
+    """A seeded sample of `per_location` items of each location, spread over its tasks
+    (round-robin over the tasks, random within each), in the table's order."""
+    if per_location is None:
+        return table
+    by_location: dict[str, dict[str, list[int]]] = {}
+    for i, (loc, task) in enumerate(zip(table["location"].to_pylist(), table["task"].to_pylist())):
+        by_location.setdefault(loc, {}).setdefault(task, []).append(i)
+    keep: list[int] = []
+    for loc in sorted(by_location):
+        queues = [list(rng.permutation(rows)) for _, rows in sorted(by_location[loc].items())]
+        picked: list[int] = []
+        while len(picked) < per_location and any(queues):
+            for q in queues:
+                if q and len(picked) < per_location:
+                    picked.append(int(q.pop()))
+        keep.extend(picked)
+    return table.take(pa.array(sorted(keep), pa.int64()))
 
 
 def _cap(table: pa.Table, per_task: int | None) -> pa.Table:
