@@ -173,4 +173,4 @@ def test_the_demo_sweep_pairs_the_base_with_its_tuned_adapter(tmp_path, monkeypa
     assert spec.models[1].overrides == ("model.adapter=/adapters/key/tuned-tiny",)
     assert "model=tiny_qwen2vl" in made["tuned:tiny"]
     assert [p.name for p in spec.points()] == [
-        f"tiny_qwen2vl{a}-synth_tiny-{d}" for a in ("", "+tuned-tiny") for d in ("paper", "choice")]
+        f"tiny_qwen2vl{a}-synth_tiny-paper" for a in ("", "+tuned-tiny")]

@@ -127,7 +127,8 @@ def test_compare_matches_an_independent_computation():
         assert row.p_mcnemar == pytest.approx(expected_p)
         low, high = _slow_bootstrap_t(list(ra.astype(int) - rb.astype(int)),
                                       list(a["location"]), 500, 1)
-        assert (row.diff_low, row.diff_high) == pytest.approx((low, high), abs=1e-12)
+        assert (row.diff_low, row.diff_high) == pytest.approx((max(low, -1), min(high, 1)),
+                                                              abs=1e-12)
         p_raw.append(expected_p)
     assert list(result.pairs["p_holm"]) == pytest.approx(_holm_by_hand(p_raw))
     # 4 options: accuracy ~0.89 vs ~0.55 on 48 items, a clear difference
@@ -264,3 +265,13 @@ def test_a_close_second_is_marked_tied_with_the_best():
     assert m.loc[("pose_fixed", "alpha"), "vs_best"] == "best"
     assert m.loc[("pose_fixed", "delta"), "vs_best"] == "="
     assert compare.mark_text(0.5, True, "=") == "0.500* ≈"
+
+
+def test_difference_ci_stays_within_what_a_difference_can_be():
+    from geoxray.score.paired import paired_test
+    # the demo's shape: base 0/32, tuned 30/32 over 8 locations; bootstrap-t alone gives -1.06
+    a = [False] * 32
+    b = [True] * 30 + [False] * 2
+    r = paired_test(a, b, [i // 4 for i in range(32)], n_boot=500)
+    assert r.diff == pytest.approx(-30 / 32)
+    assert -1.0 <= r.diff_low <= r.diff <= r.diff_high <= 1.0

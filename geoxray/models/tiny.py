@@ -73,6 +73,11 @@ class TinyQwen2VLSpec:
     max_position_embeddings: int = 4096
     init_std: float = 0.3  # large enough that replies depend on the images and greedy
     # choices have clear margins (at 0.02 every prompt gets the same near-uniform reply)
+    # The language model's query/key weights at init_std x this: attention stays soft (score
+    # std ~0.5 instead of ~6). Saturated random attention reads a few fixed prompt tokens at
+    # the answer position, ~0 weight (so ~0 gradient) on the image tokens, and LoRA tuning
+    # could not learn the images' cue (docs/tuning.md); soft, it learns it within an epoch.
+    qk_scale: float = 0.3
     dtype: str = "float32"  # exact agreement between vLLM and a transformers forward pass
 
     def fingerprint(self) -> str:
@@ -204,6 +209,10 @@ def _build(spec: TinyQwen2VLSpec, out: Path) -> None:
     cfg.dtype = spec.dtype
     torch.manual_seed(spec.seed)
     model = Qwen2VLForConditionalGeneration(cfg).to(getattr(torch, spec.dtype)).eval()
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
+                weight.mul_(spec.qk_scale)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     build_image_processor(out, spec.min_pixels, spec.max_pixels)

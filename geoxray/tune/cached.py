@@ -70,7 +70,9 @@ def tuned_adapter(value: str, model_overrides: list[str]) -> Path:
             console.say(f"first use of model.adapter={value}: tuning {cfg.model.name} with "
                         f"tune={preset} on {cfg.data.name} (cached in {out})")
             tc.name, tc.output_root = out.name, str(root)
-            tune(cfg, tc, preset)
+            console.redirect_chatter(out)  # Ray Train's lines -> OUT/logs/ (in a CLI session)
+            with console.elapsed(f"tuning {cfg.model.name}+{out.name}"):
+                tune(cfg, tc, preset)
     return out
 
 
