@@ -131,6 +131,33 @@ def test_adapter_checks_fail_at_start_with_the_reason(tmp_path, tiny_dir):
         check_adapter(_save_adapter(tiny_dir, tmp_path / "noop", trained=False), tiny_dir)
 
 
+def test_adapters_saved_by_other_tools_are_read_too(tmp_path, tiny_dir):
+    """ms-swift and LLaMA-Factory save through peft, but with the module names of the
+    transformers version they ran (older Qwen2-VL ports: `model.layers.N`, no
+    `language_model`), sometimes with the adapter's name in the key, and as .bin."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = _save_adapter(tiny_dir, tmp_path / "peft")
+    state = load_file(src / "adapter_model.safetensors")
+    expected = check_adapter(src, tiny_dir).modules
+    for name, rename, fmt in [
+            ("older", lambda k: k.replace("model.language_model.layers", "model.layers"), "st"),
+            ("named", lambda k: k.replace(".weight", ".default.weight"), "st"),
+            ("bin", lambda k: k, "bin")]:
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copy2(src / "adapter_config.json", out / "adapter_config.json")
+        renamed = {rename(k): v.clone() for k, v in state.items()}
+        assert set(renamed) != set(state) or fmt == "bin"
+        if fmt == "st":
+            save_file(renamed, str(out / "adapter_model.safetensors"))
+        else:
+            torch.save(renamed, out / "adapter_model.bin")
+        info = check_adapter(out, tiny_dir)
+        assert (info.modules, info.rank) == (expected, 8), name
+
+
 def test_model_adapter_in_the_config_names_results_and_fails_early(tmp_path, tiny_dir):
     good = _save_adapter(tiny_dir, tmp_path / "mine")
     cfg = load_config([f"model.adapter={good}"])
