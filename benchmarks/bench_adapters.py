@@ -1,7 +1,7 @@
 """Many LoRA adapters on one loaded base model vs one engine start per adapter.
 
     flock /tmp/geoxray-heavy.lock python benchmarks/bench_adapters.py [--adapters 3] [--items 24]
-    python benchmarks/bench_adapters.py --model <conf/model name> ...   # e.g. a GPU model
+    python benchmarks/bench_adapters.py --model qwen2_vl_7b model.random_weights=true   # a GPU
 
 Both arms score the same K adapters (random LoRA weights: the cost of serving is what is
 measured, not what an adapter learned) on the same items, decode=choice, through the real
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--adapters", type=int, default=3)
     ap.add_argument("--items", type=int, default=24, help="items per task (pose_fixed, intra_map)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapters.json"))
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. "
+                    "model.random_weights=true (a full-size model on a GPU, no download)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from geoxray.config import load_config
@@ -52,13 +54,13 @@ def main() -> None:
     from geoxray.sweep.spec import load_sweep
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
-    base = load_config([f"model={args.model}"])
+    base = load_config([f"model={args.model}", *args.overrides])
     folder = model_folder(base.model)
     adapters = [save_random_adapter(folder, tmp / "adapters" / f"a{i}", seed=i)
                 for i in range(args.adapters)]
     common = ["decode=choice", "data=synth_tiny", "run.tasks=[pose_fixed,intra_map]",
               f"run.max_items_per_task={args.items}", "decode.max_tokens=16",
-              "run.progress=false", "run.bootstrap=100"]
+              "run.progress=false", "run.bootstrap=100", *args.overrides]
     n_items = 2 * args.items * len(adapters)
 
     # separate: one engine start per adapter
@@ -91,7 +93,8 @@ def main() -> None:
     out = {
         "benchmark": "adapters", "machine": machine(),
         "command": "python benchmarks/bench_adapters.py " + " ".join(sys.argv[1:]),
-        "model": args.model, "adapters": len(adapters), "items": n_items,
+        "model": base.model.name, "overrides": args.overrides, "adapters": len(adapters),
+        "items": n_items,
         "decode": "choice", "tasks": ["pose_fixed", "intra_map"],
         "separate": {"wall_s": round(separate_s, 2), "items_per_s": round(n_items / separate_s, 3),
                      "engine_starts": len(starts_separate),

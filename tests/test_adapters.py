@@ -174,3 +174,35 @@ def test_the_demo_sweep_pairs_the_base_with_its_tuned_adapter(tmp_path, monkeypa
     assert "model=tiny_qwen2vl" in made["tuned:tiny"]
     assert [p.name for p in spec.points()] == [
         f"tiny_qwen2vl{a}-synth_tiny-paper" for a in ("", "+tuned-tiny")]
+
+
+def test_random_adapters_of_weightless_models_have_peft_names(tmp_path):
+    """A full-size model with random weights has no weights on disk: its adapter is written
+    from config.json's shapes. Checked on the tiny model: the same keys and shapes peft
+    writes, and peft loads it onto the real model with nothing missing."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from geoxray.infer.adapter import check_adapter
+    from geoxray.models.random_adapter import save_random_adapter
+    from geoxray.models.tiny import ensure_tiny_qwen2vl
+
+    real = ensure_tiny_qwen2vl()
+    weightless = tmp_path / "weightless"
+    shutil.copytree(real, weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    by_peft = load_file(save_random_adapter(real, tmp_path / "peft") / "adapter_model.safetensors")
+    out = save_random_adapter(weightless, tmp_path / "shapes", seed=3)
+    by_shapes = load_file(out / "adapter_model.safetensors")
+    assert {k: tuple(v.shape) for k, v in by_shapes.items()} == \
+        {k: tuple(v.shape) for k, v in by_peft.items()}
+    assert check_adapter(out, real).modules == len(by_peft) // 2
+    base = Qwen2VLForConditionalGeneration.from_pretrained(real, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(out))
+    b = dict(loaded.named_parameters())
+    key = next(k for k in by_shapes if k.endswith("lora_B.weight"))
+    peft_key = key.replace("lora_B.weight", "lora_B.default.weight")
+    assert torch.equal(b[peft_key].data, by_shapes[key].float())  # loaded, not left at zero
