@@ -141,7 +141,8 @@ def validate(raw: DictConfig | dict) -> Config:
             cfg.model.name += NAME_SUFFIX
     if cfg.model.adapter in ("none", ""):  # sweeps list the base as model.adapter=none
         cfg.model.adapter = None
-    if cfg.model.adapter and cfg.model.adapter.startswith("tuned:"):
+    from geoxray.infer.adapter import TUNED_PREFIX
+    if cfg.model.adapter and cfg.model.adapter.startswith(TUNED_PREFIX):
         raise ConfigError(f"config key 'model.adapter': {cfg.model.adapter!r} is tuned and "
                           f"cached by `geoxray eval` and `geoxray sweep` (or give the folder "
                           f"`geoxray tune` wrote)")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_FILE = "adapter_config.json"
+# `model.adapter=tuned:<preset>`: tuned on first use and cached by tune/cached.py
+TUNED_PREFIX = "tuned:"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # Ranks vLLM accepts for max_lora_rank (vllm/config/lora.py)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -33,11 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geoxray.infer.adapter import AdapterRef, adapter_ref, engine_lora_rank
 from geoxray.infer.chat import chat_messages, option_text
 from geoxray.infer.config import DecodeConfig, ModelConfig
 from geoxray.infer.engine import Reply, Request
 from geoxray.infer.option_scores import Prefix, build_trie, normalise, option_logprobs
-from geoxray.infer.adapter import AdapterRef, adapter_ref
 from geoxray.models.tiny import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,6 @@ def engine_args(model: ModelConfig) -> dict[str, Any]:
     # TP > 1: worker processes inside this replica, which holds all the GPUs it needs
     args.setdefault("distributed_executor_backend",
                     "uni" if model.tensor_parallel_size == 1 else "mp")
-    from geoxray.infer.adapter import engine_lora_rank
     lora_rank = engine_lora_rank(model)
     if lora_rank:  # LoRA on this base, the adapter chosen per request (infer/adapter.py)
         args.update(enable_lora=True, max_lora_rank=lora_rank)

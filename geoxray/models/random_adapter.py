@@ -18,7 +18,8 @@ def save_random_adapter(base_dir: str | Path, out: str | Path, r: int = 8, alpha
     without weights (`model.random_weights=true`: vLLM draws them) gets one from its
     config.json's shapes alone, so a 7B adapter needs no 7B model in memory."""
     if not list(Path(base_dir).glob("*.safetensors")):
-        return _adapter_from_shapes(Path(base_dir), Path(out), r, alpha, seed, scale)
+        return _adapter_from_shapes(Path(base_dir), Path(out), r, alpha, seed,
+                                    scale if trained else 0.0)
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2VLForConditionalGeneration
@@ -38,7 +39,8 @@ def save_random_adapter(base_dir: str | Path, out: str | Path, r: int = 8, alpha
 
 def _adapter_from_shapes(base_dir: Path, out: Path, r: int, alpha: int, seed: int,
                          scale: float) -> Path:
-    """peft's files for LoRA on every language-model linear of a Qwen2-VL config."""
+    """peft's files for LoRA on every language-model linear of a Qwen2-VL config (lora_B
+    all zero at scale 0: peft's untrained adapter)."""
     import json
 
     import torch
@@ -47,7 +49,8 @@ def _adapter_from_shapes(base_dir: Path, out: Path, r: int, alpha: int, seed: in
     config = json.loads((base_dir / "config.json").read_text())
     text = {**config, **(config.get("text_config") or {})}
     hidden, inter = text["hidden_size"], text["intermediate_size"]
-    heads, kv = text["num_attention_heads"], text.get("num_key_value_heads") or text["num_attention_heads"]
+    heads = text["num_attention_heads"]
+    kv = text.get("num_key_value_heads") or heads
     head_dim = text.get("head_dim") or hidden // heads
     shapes = {"self_attn.q_proj": (heads * head_dim, hidden),
               "self_attn.k_proj": (kv * head_dim, hidden),

@@ -17,7 +17,7 @@ import dataclasses
 import fcntl
 from pathlib import Path
 
-TUNED_PREFIX = "tuned:"
+from geoxray.infer.adapter import TUNED_PREFIX
 
 
 def is_tuned(value: str | None) -> bool:
@@ -46,13 +46,10 @@ def tuned_adapter(value: str, model_overrides: list[str]) -> Path:
     """The cached adapter folder of `tuned:<preset>` for the model the overrides choose,
     tuned now (minutes on CPU for the tiny model) when not cached yet."""
     from geoxray.bench.index import short_hash
-    from geoxray.config import cache_dir
+    from geoxray.config import ConfigError, cache_dir
     from geoxray.run.selection import model_fingerprint
-    from geoxray.tune.config import as_dict
+    from geoxray.tune.config import TuneConfigError, as_dict
     from geoxray.tune.run import ADAPTER_FILES, load, tune
-
-    from geoxray.config import ConfigError
-    from geoxray.tune.config import TuneConfigError
 
     preset = value[len(TUNED_PREFIX):]
     try:

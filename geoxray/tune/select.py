@@ -86,10 +86,12 @@ def select_training_items(items_path: str | Path, tasks: list[str] | None = None
         if val_fraction > 0 and len(order) > 1 else 0
     n_val = min(n_val, len(order) - 1)
     val_locs, train_locs = order[:n_val], order[n_val:n_val + n_train]
-    train_rows = _cap(_per_location(train.filter(pc.is_in(train["location"], pa.array(train_locs))),
-                                    max_items_per_location, rng), max_items_per_task)
-    val_rows = _cap(_per_location(train.filter(pc.is_in(train["location"], pa.array(val_locs or [""]))),
-                                  max_items_per_location, rng), max_items_per_task)
+
+    def rows_of(locs: list[str]) -> pa.Table:
+        at = train.filter(pc.is_in(train["location"], pa.array(locs or [""])))
+        return _cap(_per_location(at, max_items_per_location, rng), max_items_per_task)
+
+    train_rows, val_rows = rows_of(train_locs), rows_of(val_locs)
     if train_rows.num_rows == 0:
         raise TuneDataError("empty training selection after holding out validation locations")
     # items.parquet is sorted by image set: the ~10 items of one ground view (pose_fixed and
